@@ -1,0 +1,60 @@
+"""The training data: dataset from the recipe -> this rank's stream of MicroBatches."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from megatron_ext.config.schema import Recipe
+from megatron_ext.config.validate import cp_padding_multiple, padded_vocab_size, sequence_multiple
+from megatron_ext.data.sample import SampleDataset
+from megatron_ext.data.sampler import DataParallelSampler
+from megatron_ext.data.synthetic import SyntheticDataset
+from megatron_ext.training.batch import MicroBatch, pack_micro_batch
+
+
+def build_dataset(recipe: Recipe) -> SampleDataset:
+    d = recipe.data
+    if d.synthetic is not None:
+        return SyntheticDataset(d.synthetic, recipe.train.seq_length, recipe.model.vocab_size, recipe.train.seed)
+    raise NotImplementedError("data.domains: mixture datasets are not wired in yet")
+
+
+class _Collate:
+    """Validates each sample against the recipe, then packs the micro-batch (in workers)."""
+
+    def __init__(self, recipe: Recipe):
+        self.seq_length = recipe.train.seq_length
+        self.vocab = padded_vocab_size(recipe)
+        self.pad_multiple = cp_padding_multiple(recipe)
+        self.total_multiple = sequence_multiple(recipe)
+
+    def __call__(self, samples) -> MicroBatch:
+        for s in samples:
+            s.check(self.seq_length, self.vocab)
+        return pack_micro_batch(samples, self.pad_multiple, self.total_multiple)
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, dataset: SampleDataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+
+def micro_batches(recipe: Recipe, dataset: SampleDataset, consumed_samples: int, dp_rank: int,
+                  dp_size: int) -> Iterator[MicroBatch]:
+    """Endless stream of this DP rank's micro-batches, starting after ``consumed_samples``."""
+    t = recipe.train
+    sampler = DataParallelSampler(len(dataset), consumed_samples, t.micro_batch_size, t.global_batch_size,
+                                  dp_rank, dp_size)
+    workers = recipe.data.num_workers
+    return iter(DataLoader(_Indexed(dataset), batch_sampler=sampler, collate_fn=_Collate(recipe),
+                           num_workers=workers, pin_memory=t.device == "cuda", persistent_workers=workers > 0,
+                           prefetch_factor=4 if workers > 0 else None))

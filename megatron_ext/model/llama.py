@@ -1,0 +1,96 @@
+"""Llama-family decoder as a Megatron-Core GPTModel.
+
+GPU: the Transformer Engine layer spec (fused attention with THD/cu_seqlens, context
+parallelism, FP8). CPU emulation: Megatron-Core's local spec, whose distributed checkpoint
+keys are mapped to the TE names, so checkpoints move freely between the two.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from megatron_ext.config.schema import Recipe
+from megatron_ext.config.validate import head_dim, padded_vocab_size
+
+
+def transformer_config(recipe: Recipe):
+    from megatron.core.transformer import TransformerConfig
+
+    m, p, pr = recipe.model, recipe.parallel, recipe.precision
+    on_gpu = recipe.train.device == "cuda"
+    dtype = torch.bfloat16 if pr.bf16 else torch.float32
+    tp = p.tensor_model_parallel_size
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        kv_channels=head_dim(recipe),
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=m.init_method_std,
+        tensor_model_parallel_size=tp,
+        context_parallel_size=p.context_parallel_size,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+        sequence_parallel=p.sequence_parallel and tp > 1,
+        cp_comm_type=p.cp_comm_type,
+        hierarchical_context_parallel_sizes=p.hierarchical_context_parallel_sizes,
+        recompute_granularity=p.recompute_granularity,
+        recompute_method=p.recompute_method,
+        recompute_num_layers=p.recompute_num_layers,
+        bf16=pr.bf16,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        fp8=pr.fp8,
+        fp8_recipe=pr.fp8_recipe if pr.fp8 else None,
+        fp8_amax_history_len=pr.fp8_amax_history_len,
+        fp8_amax_compute_algo=pr.fp8_amax_compute_algo,
+        fp8_dot_product_attention=pr.fp8_dot_product_attention,
+        # Token-averaged loss over the global batch: finalize_model_grads divides the
+        # gradients by the number of loss tokens summed over DP x CP.
+        calculate_per_token_loss=True,
+        bias_activation_fusion=on_gpu,
+        apply_rope_fusion=on_gpu,
+        masked_softmax_fusion=False,
+        gradient_accumulation_fusion=on_gpu,
+        use_cpu_initialization=not on_gpu,
+    )
+
+
+def build_gpt_model(recipe: Recipe, config=None):
+    """An unwrapped GPTModel on the current device (CPU with use_cpu_initialization)."""
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    m = recipe.model
+    config = config or transformer_config(recipe)
+    if recipe.train.device == "cuda":
+        spec = get_gpt_layer_with_transformer_engine_spec()
+    else:
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=padded_vocab_size(recipe),
+        max_sequence_length=m.max_position_embeddings,
+        pre_process=True,
+        post_process=True,
+        parallel_output=True,
+        share_embeddings_and_output_weights=not m.untie_embeddings_and_output_weights,
+        position_embedding_type="rope",
+        rotary_percent=1.0,
+        rotary_base=int(m.rotary_base),
+        rope_scaling=m.use_rope_scaling,
+        rope_scaling_factor=m.rope_scaling_factor,
+    )

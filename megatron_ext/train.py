@@ -1,0 +1,167 @@
+"""Training entry point: ``torchrun ... -m megatron_ext.train RECIPE.yaml [key=value ...]``.
+
+A thin loop on Megatron-Core parts (GPTModel + TE spec, DDP, distributed optimizer,
+OptimizerParamScheduler, the forward-backward schedule, dist_checkpointing). Why not
+``megatron.training.pretrain``: it is driven by a global argparse namespace rather than a
+typed recipe, it needs Python >= 3.12 (our CPU CI runs 3.11), and what ProLong needs
+(per-document CP padding, per-domain loss, MFU from sum(doc_len^2), the optimizer-carrying
+stage handoff) would be patches into its 4,700-line loop. See README "Design".
+
+Exit codes: 0 = train_iters reached; 3 = stopped early after saving a checkpoint (signal or
+train.exit_after_iters): resume by launching again; anything else = failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Iterator, List, Optional
+
+import torch
+
+from megatron_ext.config import RecipeError, Recipe, to_yaml
+from megatron_ext.config.loader import compose
+from megatron_ext.training.batch import MicroBatch, cp_partition_index, split_for_context_parallel
+from megatron_ext.training.metrics import FlopsModel, StepStats
+
+EXIT_STOPPED_EARLY = 3
+
+
+class DeviceBatches:
+    """Moves micro-batches to the device, keeps this CP rank's share, counts tokens and FLOPs."""
+
+    def __init__(self, source: Iterator[MicroBatch], recipe: Recipe, layout, device: torch.device):
+        self.source, self.layout, self.device = source, layout, device
+        self.flops_model = FlopsModel.from_recipe(recipe)
+        self.fp8_attention = recipe.precision.fp8_dot_product_attention
+        self.stats = StepStats()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> MicroBatch:
+        mb = next(self.source)
+        if self.fp8_attention and mb.is_thd:
+            raise RuntimeError("precision.fp8_dot_product_attention is on but a packed multi-document sample "
+                               "arrived; FP8 attention cannot be trained on THD batches on Hopper")
+        self.stats.tokens += mb.num_real_tokens
+        self.stats.flops += self.flops_model.training_flops(mb.doc_lengths)
+        mb = mb.to(self.device)
+        if self.layout.cp_size > 1:
+            mb = split_for_context_parallel(mb, cp_partition_index(mb, self.layout.cp_size, self.layout.cp_rank))
+        return mb
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m megatron_ext.train", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/tiny/prolong_stage1.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.train_iters=100")
+    return parser.parse_args(argv)
+
+
+def train(recipe: Recipe) -> int:
+    from megatron.core import parallel_state
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_ext.data.loader import build_dataset, micro_batches
+    from megatron_ext.model.llama import build_gpt_model, transformer_config
+    from megatron_ext.training.checkpoint import Checkpointer
+    from megatron_ext.training.distributed import initialize, shutdown
+    from megatron_ext.training.metrics import MetricLogger
+    from megatron_ext.training.optim import build_optimizer, build_scheduler, wrap_ddp
+    from megatron_ext.training.signals import ExitSignalWatcher
+    from megatron_ext.training.step import make_forward_step, reduce_reports
+
+    layout = initialize(recipe)
+    on_gpu = recipe.train.device == "cuda"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    dataset = build_dataset(recipe)
+    logger = MetricLogger(recipe, layout.world_size, layout.is_logger,
+                          torch.cuda.get_device_name() if on_gpu else "cpu", list(dataset.domain_names))
+    logger.print(f"recipe {recipe.name}: {layout.world_size} ranks = TP {layout.tp_size} x CP {layout.cp_size} "
+                 f"x DP {layout.dp_size}\n{to_yaml(recipe)}")
+
+    config = transformer_config(recipe)
+    ddp_model = wrap_ddp(recipe, config, build_gpt_model(recipe, config))
+    optimizer = build_optimizer(recipe, ddp_model)
+    scheduler = build_scheduler(recipe, optimizer)
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+    config.no_sync_func = ddp_model.no_sync
+
+    checkpointer = Checkpointer(recipe, ddp_model, optimizer, scheduler, layout, log=logger.print)
+    state = checkpointer.load_or_init()
+
+    t = recipe.train
+    num_microbatches = t.global_batch_size // (t.micro_batch_size * layout.dp_size)
+    batches = DeviceBatches(micro_batches(recipe, dataset, state.consumed_samples, layout.dp_rank, layout.dp_size),
+                            recipe, layout, device)
+    forward_step = make_forward_step(use_te=on_gpu, num_domains=len(dataset.domain_names))
+    forward_backward = get_forward_backward_func()
+    dp_cp_group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    dp_group = parallel_state.get_data_parallel_group()
+    watcher = ExitSignalWatcher(device, enabled=recipe.checkpoint.exit_signal_handler)
+    save_every = recipe.checkpoint.save_interval if recipe.checkpoint.save else None
+    stop_at = min(t.train_iters, state.iteration + t.exit_after_iters) if t.exit_after_iters else t.train_iters
+    ddp_model.train()
+    logger.start_progress(state.iteration)
+
+    stopped_by = None
+    while state.iteration < stop_at:
+        ddp_model.zero_grad_buffer()
+        optimizer.zero_grad()
+        batches.stats = StepStats()
+        reports = forward_backward(forward_step_func=forward_step, data_iterator=batches, model=[ddp_model],
+                                   num_microbatches=num_microbatches, seq_length=t.seq_length,
+                                   micro_batch_size=t.micro_batch_size, forward_only=False)
+        update_ok, grad_norm, _ = optimizer.step()
+        if not update_ok:
+            raise RuntimeError(f"iteration {state.iteration + 1}: the optimizer skipped the update (non-finite gradients)")
+        scheduler.step(increment=1)
+        state.iteration += 1
+        state.consumed_samples += t.global_batch_size
+
+        totals = reduce_reports(reports, dp_cp_group)
+        work = torch.tensor([batches.stats.tokens, batches.stats.flops], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(work, group=dp_group)
+        loss = (totals["loss"][0] / totals["loss"][1].clamp(min=1)).item()
+        sums, counts = totals["domains"]
+        domain_loss = {f"loss/{name}": (sums[i] / counts[i]).item()
+                       for i, name in enumerate(dataset.domain_names) if counts[i] > 0}
+        memory = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
+        logger.step(state.iteration, work[0].item(), work[1].item(), loss, domain_loss,
+                    scheduler.get_lr(optimizer.param_groups[0]), grad_norm, memory)
+
+        stopped_by = watcher.any_rank_signalled() if recipe.checkpoint.exit_signal_handler else None
+        finished = state.iteration >= stop_at
+        if recipe.checkpoint.save and (stopped_by or finished or (save_every and state.iteration % save_every == 0)):
+            checkpointer.save(state)
+        if stopped_by:
+            logger.print(f"received {stopped_by}: checkpoint saved at iteration {state.iteration}; "
+                         f"exiting (code {EXIT_STOPPED_EARLY}) so the job can be resumed")
+            break
+
+    logger.close()
+    shutdown()
+    return 0 if state.iteration >= t.train_iters else EXIT_STOPPED_EARLY
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        from omegaconf import OmegaConf
+
+        recipe: Recipe = OmegaConf.to_object(compose(args.recipe, args.overrides))
+        if recipe.train.preflight:
+            from megatron_ext.preflight import preflight
+
+            return preflight(recipe)
+        return train(recipe)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

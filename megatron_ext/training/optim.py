@@ -1,0 +1,71 @@
+"""Megatron-Core DDP, (distributed) optimizer and LR schedule from the recipe."""
+
+from __future__ import annotations
+
+import math
+
+from megatron_ext.config.schema import Recipe
+
+
+def wrap_ddp(recipe: Recipe, config, model):
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=recipe.train.device == "cuda",
+        use_distributed_optimizer=recipe.parallel.use_distributed_optimizer,
+        check_for_nan_in_grad=True,
+    )
+    return DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
+
+
+def build_optimizer(recipe: Recipe, ddp_model):
+    import torch
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    o = recipe.optimizer
+    config = OptimizerConfig(
+        optimizer=o.optimizer,
+        lr=o.lr,
+        min_lr=o.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad,
+        bf16=recipe.precision.bf16,
+        params_dtype=torch.bfloat16 if recipe.precision.bf16 else torch.float32,
+        use_distributed_optimizer=recipe.parallel.use_distributed_optimizer,
+    )
+    return get_megatron_optimizer(config, [ddp_model])
+
+
+def warmup_iters(recipe: Recipe) -> int:
+    s = recipe.scheduler
+    if s.lr_warmup_fraction is not None:
+        return int(math.ceil(s.lr_warmup_fraction * (s.lr_decay_iters or recipe.train.train_iters)))
+    return s.lr_warmup_iters
+
+
+def build_scheduler(recipe: Recipe, optimizer):
+    """Megatron's OptimizerParamScheduler, counted in iterations (one step() per iteration)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o, s = recipe.optimizer, recipe.scheduler
+    decay = s.lr_decay_iters or recipe.train.train_iters
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=s.lr_warmup_init,
+        max_lr=o.lr,
+        min_lr=o.min_lr,
+        lr_warmup_steps=warmup_iters(recipe),
+        lr_decay_steps=decay,
+        lr_decay_style=s.lr_decay_style,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=decay,
+        wd_incr_style="constant",
+        # A resumed run must use the recipe's schedule; a mismatch with the checkpoint is an error.
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=False,
+    )
