@@ -131,7 +131,7 @@ def train(recipe: Recipe) -> int:
                        for i, name in enumerate(dataset.domain_names) if counts[i] > 0}
         memory = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
         logger.step(state.iteration, work[0].item(), work[1].item(), loss, domain_loss,
-                    scheduler.get_lr(optimizer.param_groups[0]), grad_norm, memory)
+                    scheduler.get_lr(optimizer.param_groups[0]), None if grad_norm is None else float(grad_norm), memory)
 
         stopped_by = watcher.any_rank_signalled() if recipe.checkpoint.exit_signal_handler else None
         finished = state.iteration >= stop_at

@@ -138,6 +138,8 @@ class LoggingConfig:
     # Peak dense bf16 TFLOP/s of one GPU for MFU; null = look it up from the device name.
     peak_tflops: Optional[float] = None
     progress_bar: bool = True
+    # Also append every logged step as one JSON line here (for plots and comparisons).
+    metrics_jsonl: Optional[str] = None
 
 
 @dataclass
@@ -145,6 +147,9 @@ class SyntheticDataConfig:
     """Random documents with a configurable length distribution (tests, benchmarks)."""
 
     num_samples: int = 100000
+    # Draw tokens from the first N ids (null = the model's whole vocabulary). A small range
+    # lets a tiny model visibly learn in a few hundred steps.
+    vocab_size: Optional[int] = None
     # Fraction of samples that are one single document filling the whole sequence
     # (ProLong's long-domain chunks). The rest pack documents drawn from below.
     single_document_fraction: float = 0.0

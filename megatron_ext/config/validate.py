@@ -42,6 +42,17 @@ def sequence_multiple(recipe: Recipe) -> int:
     return cp_padding_multiple(recipe) * sp
 
 
+def decay_iters(recipe: Recipe) -> int:
+    return recipe.scheduler.lr_decay_iters or recipe.train.train_iters
+
+
+def warmup_iters(recipe: Recipe) -> int:
+    s = recipe.scheduler
+    if s.lr_warmup_fraction is not None:
+        return int(math.ceil(s.lr_warmup_fraction * decay_iters(recipe)))
+    return s.lr_warmup_iters
+
+
 def data_parallel_size(recipe: Recipe, world_size: int) -> int:
     p = recipe.parallel
     return world_size // (p.tensor_model_parallel_size * p.context_parallel_size * p.pipeline_model_parallel_size)
@@ -134,7 +145,7 @@ def _check_parallel(r: Recipe, problems: List[str], world_size: Optional[int]) -
         model_parallel = tp * cp * pp
         if world_size % model_parallel:
             problems.append(
-                f"parallel: {world_size} GPUs are not divisible by tensor_model_parallel_size x "
+                f"parallel: world size {world_size} (GPUs) is not divisible by tensor_model_parallel_size x "
                 f"context_parallel_size = {tp} x {cp} = {model_parallel}")
         else:
             dp = world_size // model_parallel
@@ -216,6 +227,10 @@ def _check_train(r: Recipe, problems: List[str]) -> None:
         problems.append(f"scheduler.lr_warmup_fraction: must be in [0, 1), got {s.lr_warmup_fraction}")
     if s.lr_decay_iters is not None and s.lr_decay_iters <= 0:
         problems.append(f"scheduler.lr_decay_iters: must be > 0, got {s.lr_decay_iters}")
+    elif decay_iters(r) > 0 and warmup_iters(r) >= decay_iters(r):
+        key = "lr_warmup_fraction" if s.lr_warmup_fraction is not None else "lr_warmup_iters"
+        problems.append(f"scheduler.{key}: {warmup_iters(r)} warmup iterations must be fewer than the "
+                        f"{decay_iters(r)} decay iterations (scheduler.lr_decay_iters or train.train_iters)")
 
 
 def _check_checkpoint_and_data(r: Recipe, problems: List[str]) -> None:
@@ -236,8 +251,10 @@ def _check_checkpoint_and_data(r: Recipe, problems: List[str]) -> None:
         sy = d.synthetic
         if not 0 <= sy.single_document_fraction <= 1:
             problems.append(f"data.synthetic.single_document_fraction: must be in [0, 1], got {sy.single_document_fraction}")
-        for name in ("num_samples", "doc_length_median", "doc_length_min", "num_domains", "period"):
+        for name in ("num_samples", "vocab_size", "doc_length_median", "doc_length_min", "num_domains", "period"):
             _positive(problems, sy, name, "data.synthetic")
+        if sy.vocab_size is not None and sy.vocab_size > r.model.vocab_size:
+            problems.append(f"data.synthetic.vocab_size: {sy.vocab_size} exceeds model.vocab_size {r.model.vocab_size}")
     for i, dom in enumerate(d.domains):
         key = f"data.domains[{i}]"
         if dom.packing not in PACKINGS:

@@ -18,7 +18,8 @@ from megatron_ext.training.batch import MicroBatch, pack_micro_batch
 def build_dataset(recipe: Recipe) -> SampleDataset:
     d = recipe.data
     if d.synthetic is not None:
-        return SyntheticDataset(d.synthetic, recipe.train.seq_length, recipe.model.vocab_size, recipe.train.seed)
+        vocab = d.synthetic.vocab_size or recipe.model.vocab_size
+        return SyntheticDataset(d.synthetic, recipe.train.seq_length, vocab, recipe.train.seed)
     raise NotImplementedError("data.domains: mixture datasets are not wired in yet")
 
 

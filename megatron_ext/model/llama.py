@@ -60,7 +60,9 @@ def transformer_config(recipe: Recipe):
         bias_activation_fusion=on_gpu,
         apply_rope_fusion=on_gpu,
         masked_softmax_fusion=False,
-        gradient_accumulation_fusion=on_gpu,
+        # Needs APEX's fused_weight_gradient_mlp_cuda for Megatron's own output layer (not
+        # on the package registry); TE layers then add wgrad to main_grad through DDP hooks.
+        gradient_accumulation_fusion=False,
         use_cpu_initialization=not on_gpu,
     )
 

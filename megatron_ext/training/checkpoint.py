@@ -218,6 +218,13 @@ class Checkpointer:
             _set_rng_state(loaded["rng_state"])
         return loaded
 
+    def _warn_schedule_changes(self, saved: dict) -> None:
+        current = self.scheduler.state_dict()
+        changed = [f"{k} {saved[k]} -> {v}" for k, v in current.items() if k != "num_steps" and saved.get(k) != v]
+        if changed:
+            self.log("WARNING: the recipe's LR schedule differs from the checkpoint's; the recipe wins: "
+                     + ", ".join(changed))
+
     def load_or_init(self) -> TrainState:
         from megatron.core.dist_checkpointing import load_common_state_dict
 
@@ -229,6 +236,7 @@ class Checkpointer:
             saved = common.get("layout", {})
             same_layout = saved.get("tp") == self.layout.tp_size and saved.get("cp") == self.layout.cp_size
             self._load(path, with_optimizer=True, with_rng=same_layout)
+            self._warn_schedule_changes(common["scheduler"])
             self.scheduler.load_state_dict(common["scheduler"])
             state = TrainState(**common["train_state"])
             self.log(f"resumed from {path}: iteration {state.iteration}, {state.consumed_samples} samples consumed"

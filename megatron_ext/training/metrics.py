@@ -11,8 +11,10 @@ attention cost sum(d^2) instead of seq_length^2; that is what we count.
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional
 
@@ -139,6 +141,11 @@ class MetricLogger:
             f"grad_norm {metrics['grad_norm']:.3f} | tokens/s/GPU {metrics['tokens_per_sec_per_gpu']:.0f} | "
             f"TFLOP/s/GPU {metrics['tflops_per_gpu']:.1f}{mfu} | {metrics['iteration_time_s'] * 1000:.0f} ms/it | "
             f"mem {metrics['max_memory_gib']:.1f} GiB{domains}")
+        if self.recipe.logging.metrics_jsonl:
+            path = Path(self.recipe.logging.metrics_jsonl)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                f.write(json.dumps({"iteration": iteration, **metrics, **domain_loss}) + "\n")
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"train/{name}", value, iteration)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from megatron_ext.config.schema import Recipe
+from megatron_ext.config.validate import decay_iters, warmup_iters
 
 
 def wrap_ddp(recipe: Recipe, config, model):
@@ -40,19 +39,12 @@ def build_optimizer(recipe: Recipe, ddp_model):
     return get_megatron_optimizer(config, [ddp_model])
 
 
-def warmup_iters(recipe: Recipe) -> int:
-    s = recipe.scheduler
-    if s.lr_warmup_fraction is not None:
-        return int(math.ceil(s.lr_warmup_fraction * (s.lr_decay_iters or recipe.train.train_iters)))
-    return s.lr_warmup_iters
-
-
 def build_scheduler(recipe: Recipe, optimizer):
     """Megatron's OptimizerParamScheduler, counted in iterations (one step() per iteration)."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     o, s = recipe.optimizer, recipe.scheduler
-    decay = s.lr_decay_iters or recipe.train.train_iters
+    decay = decay_iters(recipe)
     return OptimizerParamScheduler(
         optimizer,
         init_lr=s.lr_warmup_init,
@@ -65,7 +57,8 @@ def build_scheduler(recipe: Recipe, optimizer):
         end_wd=o.weight_decay,
         wd_incr_steps=decay,
         wd_incr_style="constant",
-        # A resumed run must use the recipe's schedule; a mismatch with the checkpoint is an error.
+        # The recipe is authoritative on resume (e.g. train_iters extended); the checkpointer
+        # logs every schedule value that differs from the checkpoint's.
         use_checkpoint_opt_param_scheduler=False,
-        override_opt_param_scheduler=False,
+        override_opt_param_scheduler=True,
     )

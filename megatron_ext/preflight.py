@@ -1,0 +1,87 @@
+"""``train.preflight=true``: every step of a launch up to the first GPU operation, then a report.
+
+Checks what usually fails at the start of a multi-node job, without touching a GPU:
+recipe and world-size validation, the rank/rendezvous environment (a gloo all-reduce
+across all ranks), the data (this rank's first micro-batch through the real loader), and
+what the checkpoint logic would do (resume / initialize / fresh). It trains nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from megatron_ext.config.schema import Recipe
+from megatron_ext.config.validate import data_parallel_size, validate
+from megatron_ext.training.metrics import FlopsModel
+
+
+def _parameter_count(recipe: Recipe) -> int:
+    from megatron_ext.config.validate import head_dim, padded_vocab_size
+
+    m = recipe.model
+    q, kv = m.num_attention_heads * head_dim(recipe), m.num_query_groups * head_dim(recipe)
+    layer = m.hidden_size * (q + 2 * kv) + q * m.hidden_size + 3 * m.hidden_size * m.ffn_hidden_size + 2 * m.hidden_size
+    embeddings = padded_vocab_size(recipe) * m.hidden_size * (2 if m.untie_embeddings_and_output_weights else 1)
+    return m.num_layers * layer + embeddings + m.hidden_size
+
+
+def _checkpoint_plan(recipe: Recipe) -> str:
+    from megatron_ext.training.checkpoint import find_checkpoint
+
+    c = recipe.checkpoint
+    resume_from = c.load or c.save
+    path = find_checkpoint(resume_from) if resume_from else None
+    if path is not None:
+        return f"resume from {path}"
+    if c.pretrained_checkpoint:
+        found = find_checkpoint(c.pretrained_checkpoint)
+        if found is None:
+            raise FileNotFoundError(f"checkpoint.pretrained_checkpoint: no checkpoint at {c.pretrained_checkpoint}")
+        return f"initialize from {found} ({'with' if c.pretrained_load_optim else 'without'} optimizer state)"
+    return "random initialization"
+
+
+def preflight(recipe: Recipe) -> int:
+    from megatron_ext.data.loader import build_dataset, micro_batches
+    from megatron_ext.training.distributed import _rank_env
+
+    rank, world_size, local_rank = _rank_env()
+    validate(recipe, world_size=world_size)
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(minutes=5))
+    except (ValueError, RuntimeError) as e:
+        import os
+
+        env = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "SLURM_PROCID")}
+        raise RuntimeError(f"rendezvous failed for rank {rank}/{world_size} with {env}: {e}") from None
+    ranks = torch.tensor([rank], dtype=torch.int64)
+    dist.all_reduce(ranks)
+    if int(ranks) != world_size * (world_size - 1) // 2:
+        raise RuntimeError(f"rendezvous: ranks sum to {int(ranks)}, expected {world_size * (world_size - 1) // 2}")
+
+    p = recipe.parallel
+    dp = data_parallel_size(recipe, world_size)
+    dp_rank = rank // (p.tensor_model_parallel_size * p.context_parallel_size)  # Megatron's default order: TP, CP, DP
+    dataset = build_dataset(recipe)
+    first = next(micro_batches(recipe, dataset, 0, dp_rank % dp, dp))
+    plan = _checkpoint_plan(recipe)
+    if rank == 0:
+        t = recipe.train
+        params = _parameter_count(recipe)
+        tokens = t.global_batch_size * t.seq_length
+        step_flops = FlopsModel.from_recipe(recipe).training_flops([t.seq_length] * t.global_batch_size)
+        print(f"PREFLIGHT ONLY (nothing trained, no GPU used): recipe {recipe.name}\n"
+              f"  ranks: {world_size} rendezvous ok (gloo all-reduce), local rank {local_rank} on "
+              f"{dist.get_backend()}; layout TP {p.tensor_model_parallel_size} x CP {p.context_parallel_size} x DP {dp}\n"
+              f"  model: {params / 1e9:.3f}B parameters, seq_length {t.seq_length}, rotary_base {recipe.model.rotary_base:g}\n"
+              f"  data: {len(dataset)} samples, domains {list(dataset.domain_names)}; first micro-batch "
+              f"{tuple(first.tokens.shape)} tokens, {len(first.doc_lengths)} documents\n"
+              f"  schedule: {t.train_iters} iterations x {tokens} tokens = {t.train_iters * tokens / 1e9:.2f}B tokens; "
+              f"<= {step_flops / 1e15:.1f} PFLOP per iteration (one document per sample)\n"
+              f"  checkpoint: {plan}; saving to {recipe.checkpoint.save}", flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0

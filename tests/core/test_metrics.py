@@ -1,0 +1,32 @@
+"""Model FLOPs with document masking, and MFU."""
+
+import pytest
+
+from megatron_ext.config import load_recipe
+from megatron_ext.training.metrics import FlopsModel, peak_tflops
+
+LLAMA3_8B = "recipes/prolong/stage1_64k.yaml"
+
+
+def test_llama3_8b_dense_flops_per_token():
+    f = FlopsModel.from_recipe(load_recipe(LLAMA3_8B))
+    # 6 N per training token with N = 8.03e9 parameters minus the input embedding (0.53e9)
+    assert 3 * f.gemm_per_token == pytest.approx(6 * (8.03e9 - 128256 * 4096), rel=0.01)
+    assert f.attention_per_pair == 32 * 4 * 4096
+
+
+def test_document_masking_counts_sum_of_squares():
+    f = FlopsModel.from_recipe(load_recipe(LLAMA3_8B))
+    one_doc = f.training_flops([65536])
+    packed = f.training_flops([1024] * 64)
+    dense = 3 * f.gemm_per_token * 65536
+    assert one_doc - dense == pytest.approx(3 * f.attention_per_pair * 65536 * 65537 / 2)
+    # same tokens, 64 short documents: attention FLOPs shrink 64-fold
+    assert (packed - dense) == pytest.approx((one_doc - dense) / 64, rel=0.02)
+
+
+def test_peak_lookup_and_override():
+    r = load_recipe(LLAMA3_8B)
+    assert peak_tflops(r, "NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops(r, "cpu") is None
+    assert peak_tflops(load_recipe(LLAMA3_8B, ["logging.peak_tflops=500"]), "cpu") == 500
