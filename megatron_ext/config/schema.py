@@ -85,6 +85,10 @@ class TrainConfig:
     # Stop after this many iterations of *this* launch (for time-boxed jobs and tests),
     # saving a checkpoint first. null = run to train_iters.
     exit_after_iters: Optional[int] = None
+    # Document masking (Megatron-LM's --reset-attention-mask): attention and next-token
+    # targets stay inside each document. false = Megatron's stock pretraining: plain causal
+    # attention over the whole packed sequence (for baselines and ablations).
+    reset_attention_mask: bool = True
     # Preflight: load and validate everything, build data and model on the meta device,
     # print what would run, and exit before the first GPU operation.
     preflight: bool = False
@@ -179,6 +183,9 @@ class DomainConfig:
     # long: a sample is a chunk of one document; short: documents concatenated and cut;
     # sft: whole conversations packed, never split.
     packing: str = "short"
+    # Passes over this domain's data the stage may make. A domain too small for its share
+    # is refused unless this allows the upsampling (the startup report shows the epochs).
+    max_epochs: float = 1.0
 
 
 @dataclass

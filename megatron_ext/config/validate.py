@@ -263,6 +263,11 @@ def _check_checkpoint_and_data(r: Recipe, problems: List[str]) -> None:
             problems.append(f"{key}.share: domain '{dom.name}' must have a share > 0, got {dom.share}")
         if not dom.paths:
             problems.append(f"{key}.paths: domain '{dom.name}' lists no dataset")
+        if dom.max_epochs <= 0:
+            problems.append(f"{key}.max_epochs: must be > 0, got {dom.max_epochs}")
+    names = [dom.name for dom in d.domains]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"data.domains: name '{name}' is used by more than one domain (per-domain loss needs unique names)")
     if d.domains and abs(sum(dom.share for dom in d.domains) - 1.0) > 1e-6:
         shares = ", ".join(f"{dom.name}={dom.share}" for dom in d.domains)
         problems.append(f"data.domains: shares must sum to 1, got {sum(dom.share for dom in d.domains):.6f} ({shares})")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import cp_padding_multiple, padded_vocab_size, sequence_multiple
+from megatron_ext.data.mixture import build_mixture
 from megatron_ext.data.sample import SampleDataset
 from megatron_ext.data.sampler import DataParallelSampler
 from megatron_ext.data.synthetic import SyntheticDataset
@@ -16,11 +20,15 @@ from megatron_ext.training.batch import MicroBatch, pack_micro_batch
 
 
 def build_dataset(recipe: Recipe) -> SampleDataset:
+    """The recipe's dataset; a domain mixture prints its plan (shares, epochs) on rank 0."""
     d = recipe.data
     if d.synthetic is not None:
         vocab = d.synthetic.vocab_size or recipe.model.vocab_size
         return SyntheticDataset(d.synthetic, recipe.train.seq_length, vocab, recipe.train.seed)
-    raise NotImplementedError("data.domains: mixture datasets are not wired in yet")
+    mixture = build_mixture(recipe)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(mixture.summary(), flush=True)
+    return mixture
 
 
 class _Collate:
@@ -31,10 +39,13 @@ class _Collate:
         self.vocab = padded_vocab_size(recipe)
         self.pad_multiple = cp_padding_multiple(recipe)
         self.total_multiple = sequence_multiple(recipe)
+        self.document_masking = recipe.train.reset_attention_mask
 
     def __call__(self, samples) -> MicroBatch:
         for s in samples:
             s.check(self.seq_length, self.vocab)
+        if not self.document_masking:
+            samples = [replace(s, doc_lengths=np.array([self.seq_length])) for s in samples]
         return pack_micro_batch(samples, self.pad_multiple, self.total_multiple)
 
 

@@ -74,6 +74,24 @@ def _has_optimizer_state(path: Path) -> bool:
     return any(key.startswith("optimizer.") for key in load_tensors_metadata(str(path)))
 
 
+def _use_recipe_learning_rates(optimizer_state, recipe: Recipe) -> None:
+    """Give the saved param groups the recipe's peak / minimum LR before loading them.
+
+    Megatron matches saved to current param groups by a key that includes max_lr / min_lr
+    and then copies the saved values over the current ones: a stage with another LR (ProLong
+    stage 2 in the released script) would fail to load, and a resumed run would silently
+    keep the old LR. The recipe is authoritative (one LR config for all groups here).
+    """
+    if isinstance(optimizer_state, dict):
+        for group in optimizer_state.get("param_groups", []):
+            group["max_lr"], group["min_lr"] = recipe.optimizer.lr, recipe.optimizer.min_lr
+        for value in optimizer_state.values():
+            _use_recipe_learning_rates(value, recipe)
+    elif isinstance(optimizer_state, list):
+        for value in optimizer_state:
+            _use_recipe_learning_rates(value, recipe)
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
@@ -210,6 +228,7 @@ class Checkpointer:
         with torch.no_grad():  # the optimizer copies into views of parameters
             self.model.module.load_state_dict(loaded["model"])
             if with_optimizer:
+                _use_recipe_learning_rates(loaded["optimizer"], self.recipe)
                 self.optimizer.load_state_dict(loaded["optimizer"])
             else:
                 # The optimizer's fp32 master copies must follow the newly loaded weights.

@@ -1,0 +1,101 @@
+"""Training throughput of a recipe: tokens/s/GPU, TFLOP/s/GPU, MFU, peak memory.
+
+Runs the real entry point (``megatron_ext.train``) under torchrun and summarizes its
+per-iteration metrics after a warm-up. FLOPs count attention per document (sum of d^2),
+so document masking is credited only for the work it actually does.
+
+    python benchmarks/throughput.py --nproc 8 recipes/bench/llama3_8b_64k.yaml --stock --out bench.json
+
+``--stock`` also runs Megatron's stock configuration at the same shape (plain causal
+attention over the whole packed sequence: ``train.reset_attention_mask=false``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from megatron_ext.config import load_recipe  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(recipe: str, overrides: list, nproc: int, warmup: int, log_dir: Path, label: str) -> dict:
+    metrics = log_dir / f"{label}.jsonl"
+    metrics.unlink(missing_ok=True)
+    cmd = ["torchrun", f"--nproc-per-node={nproc}", f"--master-port={_free_port()}", "-m", "megatron_ext.train",
+           recipe, *overrides, f"logging.metrics_jsonl={metrics}", "logging.progress_bar=false"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with open(log_dir / f"{label}.log", "w") as log:
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    if rc != 0 or len(rows) <= warmup:
+        tail = (log_dir / f"{label}.log").read_text()[-3000:]
+        raise RuntimeError(f"{label}: exit code {rc}, {len(rows)} iterations logged\n{tail}")
+    r = load_recipe(REPO / recipe, overrides, world_size=nproc)
+    p, t = r.parallel, r.train
+    steady = rows[warmup:]
+    median = lambda key: statistics.median(m[key] for m in steady)  # noqa: E731
+    return {
+        "label": label, "recipe": recipe, "overrides": overrides, "gpus": nproc,
+        "tp": p.tensor_model_parallel_size, "cp": p.context_parallel_size,
+        "dp": nproc // (p.tensor_model_parallel_size * p.context_parallel_size),
+        "cp_comm_type": p.cp_comm_type, "recompute": p.recompute_granularity, "fp8": r.precision.fp8,
+        "seq_length": t.seq_length, "global_batch_size": t.global_batch_size,
+        "document_masking": t.reset_attention_mask, "iterations_measured": len(steady),
+        "tokens_per_sec_per_gpu": median("tokens_per_sec_per_gpu"), "tflops_per_gpu": median("tflops_per_gpu"),
+        "mfu": median("mfu") if "mfu" in steady[0] else None, "iteration_time_s": median("iteration_time_s"),
+        "peak_memory_gib": max(m["max_memory_gib"] for m in rows),
+    }
+
+
+def markdown(rows: list) -> str:
+    lines = ["| run | GPUs | TP×CP×DP | seq | doc masking | tokens/s/GPU | TFLOP/s/GPU | MFU | s/iter | peak mem GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(f"| {r['label']} | {r['gpus']} | {r['tp']}×{r['cp']}×{r['dp']} | {r['seq_length']} | "
+                     f"{r['document_masking']} | {r['tokens_per_sec_per_gpu']:.0f} | {r['tflops_per_gpu']:.1f} | "
+                     f"{mfu} | {r['iteration_time_s']:.2f} | {r['peak_memory_gib']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--nproc", type=int, default=1, help="GPUs (torchrun --nproc-per-node)")
+    parser.add_argument("--warmup", type=int, default=5, help="iterations excluded from the medians")
+    parser.add_argument("--label", default="document-masked")
+    parser.add_argument("--stock", action="store_true", help="also run Megatron's stock causal attention")
+    parser.add_argument("--out", type=Path, help="append the results (JSON lines) here")
+    parser.add_argument("--log-dir", type=Path, default=Path(tempfile.gettempdir()) / "megatron_ext_bench")
+    args = parser.parse_args()
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    runs = [(args.label, args.overrides)]
+    if args.stock:
+        runs.append(("stock causal", [*args.overrides, "train.reset_attention_mask=false"]))
+    rows = [run(args.recipe, overrides, args.nproc, args.warmup, args.log_dir, label) for label, overrides in runs]
+    if args.out:
+        with open(args.out, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
