@@ -73,6 +73,7 @@ def train(recipe: Recipe) -> int:
     from megatron_ext.training.signals import ExitSignalWatcher
     from megatron_ext.training.step import make_forward_step, reduce_reports
 
+    watcher = ExitSignalWatcher(enabled=recipe.checkpoint.exit_signal_handler)
     layout = initialize(recipe)
     on_gpu = recipe.train.device == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
@@ -101,7 +102,6 @@ def train(recipe: Recipe) -> int:
     forward_backward = get_forward_backward_func()
     dp_cp_group = parallel_state.get_data_parallel_group(with_context_parallel=True)
     dp_group = parallel_state.get_data_parallel_group()
-    watcher = ExitSignalWatcher(device, enabled=recipe.checkpoint.exit_signal_handler)
     save_every = recipe.checkpoint.save_interval if recipe.checkpoint.save else None
     stop_at = min(t.train_iters, state.iteration + t.exit_after_iters) if t.exit_after_iters else t.train_iters
     ddp_model.train()
@@ -133,7 +133,7 @@ def train(recipe: Recipe) -> int:
         logger.step(state.iteration, work[0].item(), work[1].item(), loss, domain_loss,
                     scheduler.get_lr(optimizer.param_groups[0]), None if grad_norm is None else float(grad_norm), memory)
 
-        stopped_by = watcher.any_rank_signalled() if recipe.checkpoint.exit_signal_handler else None
+        stopped_by = watcher.any_rank_signalled(device) if recipe.checkpoint.exit_signal_handler else None
         finished = state.iteration >= stop_at
         if recipe.checkpoint.save and (stopped_by or finished or (save_every and state.iteration % save_every == 0)):
             checkpointer.save(state)

@@ -67,6 +67,31 @@ def transformer_config(recipe: Recipe):
     )
 
 
+# TE 2.20's own limit (dot_product_attention/utils.py): with determinism requested, cuDNN's
+# bf16 THD backward on sm90 is refused at batch x heads x seq^2 >= 2^30 (its workspace
+# would not fit), and FP8 attention backward below cuDNN 9.19.
+_SM90_DETERMINISTIC_THD_MAX_BHSS = 1 << 30
+
+
+def check_deterministic_attention(recipe: Recipe) -> None:
+    """Refuse, with the reason, what TE would reject deep inside its first attention call
+    ("No dot product attention backend is available") when NVTE_ALLOW_NONDETERMINISTIC_ALGO=0."""
+    import os
+
+    if os.environ.get("NVTE_ALLOW_NONDETERMINISTIC_ALGO") != "0" or torch.cuda.get_device_capability() != (9, 0):
+        return
+    p, t = recipe.parallel, recipe.train
+    hint = "; unset NVTE_ALLOW_NONDETERMINISTIC_ALGO (bit-exact reruns need it only for short sequences)"
+    if recipe.precision.fp8_dot_product_attention and torch.backends.cudnn.version() < 91900:
+        raise RuntimeError("precision.fp8_dot_product_attention: deterministic FP8 attention backward needs "
+                           f"cuDNN >= 9.19 (found {torch.backends.cudnn.version()})" + hint)
+    heads = recipe.model.num_attention_heads // p.tensor_model_parallel_size
+    local_seq = t.seq_length // p.context_parallel_size
+    if t.reset_attention_mask and heads * local_seq**2 >= _SM90_DETERMINISTIC_THD_MAX_BHSS:
+        raise RuntimeError(f"train.seq_length={t.seq_length}: deterministic document-masked (THD) attention "
+                           f"on Hopper is limited to heads x local_seq^2 < 2^30 (here {heads} x {local_seq}^2)" + hint)
+
+
 def build_gpt_model(recipe: Recipe, config=None):
     """An unwrapped GPTModel on the current device (CPU with use_cpu_initialization)."""
     from megatron.core.models.gpt import GPTModel
@@ -78,6 +103,7 @@ def build_gpt_model(recipe: Recipe, config=None):
     m = recipe.model
     config = config or transformer_config(recipe)
     if recipe.train.device == "cuda":
+        check_deterministic_attention(recipe)
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
@@ -92,7 +118,7 @@ def build_gpt_model(recipe: Recipe, config=None):
         share_embeddings_and_output_weights=not m.untie_embeddings_and_output_weights,
         position_embedding_type="rope",
         rotary_percent=1.0,
-        rotary_base=int(m.rotary_base),
+        rotary_base=float(m.rotary_base),
         rope_scaling=m.use_rope_scaling,
         rope_scaling_factor=m.rope_scaling_factor,
     )

@@ -17,9 +17,11 @@ WATCHED = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class ExitSignalWatcher:
-    def __init__(self, device: torch.device, enabled: bool = True):
+    """Installed before the process group and checkpoint load, so a signal that arrives while
+    a large checkpoint loads is not lost: the run then saves after its first iteration."""
+
+    def __init__(self, enabled: bool = True):
         self.received: Optional[int] = None
-        self.device = device
         if enabled:
             for sig in WATCHED:
                 signal.signal(sig, self._handle)
@@ -27,9 +29,9 @@ class ExitSignalWatcher:
     def _handle(self, signum, frame) -> None:
         self.received = signum
 
-    def any_rank_signalled(self) -> Optional[str]:
+    def any_rank_signalled(self, device: torch.device) -> Optional[str]:
         """Name of the signal if any rank got one (collective: call on every rank)."""
-        flag = torch.tensor([self.received or 0], dtype=torch.int32, device=self.device)
+        flag = torch.tensor([self.received or 0], dtype=torch.int32, device=device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return signal.Signals(int(flag.item())).name if flag.item() else None

@@ -18,7 +18,11 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]
 
 QUIET = ["logging.progress_bar=false", "logging.tensorboard_dir=null"]
-COMM_TYPES = ["p2p", "a2a", "all_gather", "a2a+p2p"]
+# p2p (ring) attention over THD batches: the loss matches one GPU but the gradients are off by
+# orders of magnitude (TE 2.20.2, cuDNN 9.14; reports/gpu_training.md), so validation refuses
+# it. Strict xfail: a TE that fixes it turns these into failures to notice.
+RING_BROKEN = pytest.mark.xfail(strict=True, reason="TE p2p CP backward with THD gives wrong gradients")
+COMM_TYPES = [pytest.param("p2p", marks=RING_BROKEN), "a2a", "all_gather", pytest.param("a2a+p2p", marks=RING_BROKEN)]
 # Tolerances, fixed before measuring (bf16; CP/TP change summation orders only).
 LOSS_RTOL, GRAD_RTOL = 2e-3, 3e-2
 
@@ -61,7 +65,8 @@ def test_tensor_parallel_matches_one_gpu(parity):
 
 
 def test_resume_at_cp1_from_a_cp2_checkpoint(results, env):
-    common = ["recipes/tiny/prolong_stage1.yaml", *QUIET, "train.train_iters=6", "checkpoint.save_interval=3"]
+    common = ["recipes/tiny/prolong_stage1.yaml", *QUIET, "train.train_iters=6", "checkpoint.save_interval=3",
+              "parallel.cp_comm_type=a2a"]
     rc, out, cp2 = train([*common, "parallel.context_parallel_size=2", f"checkpoint.save={results}/ck/cp2"],
                          results / "layout_cp2.jsonl", env, nproc=2)
     assert rc == 0, out[-4000:]

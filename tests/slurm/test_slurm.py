@@ -1,0 +1,311 @@
+"""The slurm/ scripts on a real one-node Slurm (no mocks of sbatch/srun): a stage, the whole
+pipeline, the signal -> checkpoint -> requeue -> resume cycle, the requeue cap, crashes and
+bad input. The node has no GPU: training stages run for real on the CPU (train.device=cpu,
+the same loop and checkpoint code), or in preflight mode (train.preflight=true: every step up
+to the first GPU operation, reported as "PREFLIGHT ONLY"), which trains nothing.
+
+All long jobs are submitted at once by the `jobs` fixture so that they run side by side."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SLURM = REPO / "slurm"
+TINY_CPU = ["train.device=cpu", "precision.bf16=false", "train.seq_length=256", "train.global_batch_size=4",
+            "model.vocab_size=512", "data.synthetic.vocab_size=null", "data.num_workers=0",
+            "logging.progress_bar=false", "logging.tensorboard_dir=null"]
+TINY_STAGE1 = ["recipes/tiny/prolong_stage1.yaml", *TINY_CPU]
+JOB_TIMEOUT = 360
+
+pytestmark = pytest.mark.slurm
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def write_site_env(path: Path, work: Path, **values) -> Path:
+    venv = Path(sys.prefix)
+    base = {"GPUS_PER_NODE": 0, "TASKS_PER_NODE": 1, "CPUS_PER_TASK": 1,
+            "PYTHON_ENV": "venv" if (venv / "bin" / "activate").exists() else "none", "VENV_DIR": venv,
+            "LOG_DIR": work / "logs", "MAX_REQUEUES": 3}
+    path.write_text("".join(f"{k}={shlex.quote(str(v))}\n" for k, v in {**base, **values}.items()))
+    return path
+
+
+def run_script(cluster, script: str, *args, site: Path, extra_env=None) -> subprocess.CompletedProcess:
+    env = {**cluster.env, "SITE_ENV": str(site), **(extra_env or {})}
+    return subprocess.run([str(SLURM / script), *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def submit(cluster, *args, site: Path) -> str:
+    out = run_script(cluster, "submit.sh", *args, site=site)
+    assert out.returncode == 0, out.stderr
+    return re.search(r": job (\d+), log ", out.stdout).group(1)
+
+
+def pipeline_jobs(run_dir: Path) -> dict:
+    return dict(line.split() for line in (run_dir / "jobs.txt").read_text().splitlines())
+
+
+def log_of(cluster, job_id: str) -> str:
+    path = Path(cluster.job(job_id)["StdOut"])
+    return path.read_text() if path.exists() else ""
+
+
+def info_dir(cluster, job_id: str, run: int = 0) -> Path:
+    return Path(cluster.job(job_id)["StdOut"][:-len(".out")] + ".info") / f"run{run}"
+
+
+def wait_for_text(cluster, job_id: str, text: str, timeout: float = JOB_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log_of(cluster, job_id):
+        assert cluster.job(job_id)["JobState"] in ("PENDING", "RUNNING"), log_of(cluster, job_id)
+        assert time.monotonic() < deadline, f"'{text}' not in the log of job {job_id}:\n{log_of(cluster, job_id)}"
+        time.sleep(0.5)
+
+
+def assert_state(info: dict, state: str, exit_code: str, log: str) -> None:
+    assert (info["JobState"], info["ExitCode"]) == (state, exit_code), log
+
+
+def finished_training(cluster, job: str, state: str, exit_code: str, restarts: int) -> str:
+    """Wait for a training job; check how it ended and how often it was requeued; its log."""
+    info = cluster.wait([job], JOB_TIMEOUT)[job]
+    log = log_of(cluster, job)
+    assert_state(info, state, exit_code, log)
+    assert info["Restarts"] == str(restarts), log
+    return log
+
+
+# --- inputs of the pipelines: a tiny HF Llama, raw text, a data plan, stage recipes ----------
+
+def build_tiny_hf(out: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("eval_helpers", REPO / "tests" / "eval" / "eval_helpers.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    return helpers.build_tiny_llama(out)
+
+
+def write_raw_text(path: Path) -> Path:
+    """Documents: the first 40 modules of Python's standard library, one per document."""
+    stdlib = Path(json.__file__).parents[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for module in sorted(stdlib.glob("*.py"))[:40]:
+            f.write(json.dumps({"text": module.read_text(errors="replace")}) + "\n")
+    return path
+
+
+def write_plan(path: Path, raw: Path, tokenizer: Path) -> Path:
+    path.write_text("#!/usr/bin/env bash\nset -euo pipefail\n"
+                    f'python3 "$MEGATRON_EXT_REPO/tools/prepare_data.py" --input {raw} --tokenizer {tokenizer} '
+                    '--output-prefix "$PROLONG_DATA/text" --workers 1 --no-progress\n')
+    return path
+
+
+def write_recipes(folder: Path, run_dir: Path, data: Path) -> dict:
+    """Tiny ProLong stages with the imported model's shape (RUN_DIR/base/model.yaml, written by
+    the import step, after the stage's recipe: so the stage's RoPE theta is set again) on the
+    prepared text; two iterations each."""
+    folder.mkdir(parents=True)
+    recipes = {}
+    for stage, tiny, theta in (("STAGE1", "prolong_stage1", 8e6), ("STAGE2", "prolong_stage2", 1.28e8),
+                               ("SFT", "prolong_sft", 1.28e8)):
+        path = folder / f"{tiny}.yaml"
+        path.write_text(f"""\
+base: [{REPO}/recipes/tiny/{tiny}.yaml, {run_dir}/base/model.yaml]
+name: ci-{tiny}
+model: {{rotary_base: {theta}, max_position_embeddings: 2048}}
+train: {{seq_length: 256, global_batch_size: 4, train_iters: 2}}
+checkpoint: {{save_interval: null}}
+logging: {{progress_bar: false, tensorboard_dir: null}}
+data:
+  synthetic: null
+  num_workers: 0
+  domains: [{{name: text, share: 1.0, packing: short, max_epochs: 100, paths: ["{data}/text"]}}]
+""")
+        recipes[f"{stage}_RECIPE"] = path
+    return recipes
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("slurm_jobs")
+
+
+@pytest.fixture(scope="session")
+def jobs(cluster, work):
+    """Submit every long-running job at once; the tests then wait for their own."""
+    hf = build_tiny_hf(work / "hf")
+    raw = write_raw_text(work / "raw" / "text.jsonl")
+    plan = write_plan(work / "plan.sh", raw, hf)
+    submitted = {}
+
+    # A: the whole pipeline, training for real on the CPU.
+    run_a = work / "pipeline_cpu"
+    site_a = write_site_env(work / "a.env", work, HF_MODEL=hf, RUN_DIR=run_a, PROLONG_DATA=work / "data_a",
+                            DATA_PLAN=plan, TRAIN_OVERRIDES="train.device=cpu precision.bf16=false",
+                            EVAL_ARGS="--lengths 0.5K --limit 2 --samples 2 --depths 0,100 --tasks json_kv "
+                                      "--backend native --short-tasks none --device cpu",
+                            **write_recipes(work / "recipes_a", run_a, work / "data_a"))
+    out = run_script(cluster, "pipeline.sh", site=site_a)
+    assert out.returncode == 0, out.stderr
+    submitted["pipeline_cpu"] = (run_a, out.stdout, site_a)
+
+    # B: the pipeline in preflight mode, two ranks per stage; stage 2 gets an invalid batch size.
+    run_b = work / "pipeline_preflight"
+    site_b = write_site_env(work / "b.env", work, TASKS_PER_NODE=2, HF_MODEL=hf, RUN_DIR=run_b,
+                            PROLONG_DATA=work / "data_b", DATA_PLAN=plan, STAGE2_OVERRIDES="train.global_batch_size=3",
+                            **write_recipes(work / "recipes_b", run_b, work / "data_b"))
+    out = run_script(cluster, "pipeline.sh", "--preflight", site=site_b)
+    assert out.returncode == 0, out.stderr
+    submitted["pipeline_preflight"] = (run_b, out.stdout)
+
+    # The requeue cap: every run stops after one iteration (exit 3); at most one requeue.
+    site_cap = write_site_env(work / "cap.env", work, MAX_REQUEUES=1)
+    submitted["cap"] = submit(cluster, "--job-name=cap", "train", *TINY_STAGE1, "train.train_iters=4",
+                              "train.exit_after_iters=1", f"checkpoint.save={work / 'cap'}", site=site_cap)
+
+    # A crash: a broken checkpoint tracker. Submitted with plain sbatch, as a user may do.
+    (work / "crash").mkdir()
+    (work / "crash" / "latest_checkpointed_iteration.txt").write_text("garbage\n")
+    out = subprocess.run(["sbatch", "--parsable", "--job-name=crash", "--gpus-per-node=0", "--ntasks-per-node=1",
+                          "--cpus-per-task=1", f"--output={work / 'logs'}/%x-%j.out", str(SLURM / "train.sbatch"),
+                          *TINY_STAGE1, f"checkpoint.save={work / 'crash'}"],
+                         cwd=REPO, env={**cluster.env, "SITE_ENV": str(write_site_env(work / "crash.env", work))},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    submitted["crash"] = out.stdout.strip()
+    return submitted
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+def test_signal_saves_requeues_and_resumes(cluster, work, jobs):
+    site = write_site_env(work / "signal.env", work)
+    job = submit(cluster, "--job-name=signal", "train", *TINY_STAGE1, "train.train_iters=8",
+                 f"checkpoint.save={work / 'signal'}", site=site)
+    wait_for_text(cluster, job, "iter 1/8")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=cluster.env, check=True)
+    log = finished_training(cluster, job, "COMPLETED", "0:0", restarts=1)
+    saved = re.search(r"saved checkpoint \S+/iter_(\d+)", log)
+    assert saved, log
+    iteration = int(saved.group(1))
+    assert 1 <= iteration < 8
+    order = ["run 1, requeues so far 0 of at most 3", "received SIGUSR1", f"checkpoint saved at iteration {iteration}",
+             "requeueing (requeue 1 of at most 3)", "run 2, requeues so far 1 of at most 3",
+             f"resumed from {work / 'signal'}/iter_{iteration:07d}: iteration {iteration}", "iter 8/8", "finished (exit 0)"]
+    positions = [log.find(text) for text in order]
+    assert -1 not in positions and positions == sorted(positions), log
+    assert f"iter {iteration + 1}/8" in log.split("resumed from")[1]
+    for run in (0, 1):  # run info of each run, next to the log
+        folder = info_dir(cluster, job, run)
+        assert "train_iters: 8" in (folder / "recipe.yaml").read_text()
+        assert f"SLURM_JOB_ID={job}" in (folder / "env.txt").read_text()
+        assert "commit" in (folder / "git.txt").read_text()
+
+
+def test_requeue_cap_then_fail(cluster, jobs):
+    log = finished_training(cluster, jobs["cap"], "FAILED", "3:0", restarts=1)
+    assert "requeueing (requeue 1 of at most 1)" in log
+    assert "resumed from" in log and ": iteration 1," in log
+    assert "the requeue limit (1) is reached: not requeued" in log
+    assert log.count("iter 2/4") == 1 and "iter 3/4" not in log
+
+
+def test_crash_is_not_requeued(cluster, jobs):
+    log = finished_training(cluster, jobs["crash"], "FAILED", "1:0", restarts=0)
+    assert "expected an iteration number, found 'garbage'" in log
+    assert "training failed (exit 1): not requeued" in log
+
+
+def test_pipeline_trains_every_stage_for_real(cluster, jobs):
+    run_dir, printed, site = jobs["pipeline_cpu"]
+    ids = pipeline_jobs(run_dir)
+    assert list(ids) == ["data", "import_hf", "stage1", "stage2", "sft", "export_hf", "eval"], printed
+    for step, job in ids.items():
+        assert f"{step:<10} job {job}" in printed and "log " in printed
+    final = cluster.wait(list(ids.values()), JOB_TIMEOUT)
+    logs = {step: log_of(cluster, job) for step, job in ids.items()}
+    for step, job in ids.items():
+        assert_state(final[job], "COMPLETED", "0:0", f"{step}:\n{logs[step]}")
+        assert (info_dir(cluster, job) / "env.txt").exists()
+    # afterok: no step started before the steps it depends on had ended
+    start = {step: final[job]["StartTime"] for step, job in ids.items()}
+    end = {step: final[job]["EndTime"] for step, job in ids.items()}
+    for step, deps in (("stage1", ["data", "import_hf"]), ("stage2", ["stage1"]), ("sft", ["stage2"]),
+                       ("export_hf", ["sft"]), ("eval", ["export_hf"])):
+        assert all(start[step] >= end[dep] for dep in deps), (step, start, end)
+    # the stage handoffs: weights from the import, then with stage 1's optimizer state, then weights only
+    assert f"initialized from {run_dir}/base (weights only)" in logs["stage1"]
+    assert f"initialized from {run_dir}/stage1/iter_0000002 (weights and optimizer state)" in logs["stage2"]
+    assert f"initialized from {run_dir}/stage2/iter_0000002 (weights only)" in logs["sft"]
+    recipe = (info_dir(cluster, ids["stage2"]) / "recipe.yaml").read_text()
+    assert f"save: {run_dir}/stage2" in recipe and "pretrained_load_optim: true" in recipe
+    config = json.loads((run_dir / "hf" / "config.json").read_text())
+    assert config["rope_theta"] == pytest.approx(1.28e8)
+    assert (run_dir / "eval" / "results.json").exists(), logs["eval"]
+    # --from: only the steps from there on; the earlier outputs exist, so no dependency
+    out = run_script(cluster, "pipeline.sh", "--from", "export_hf", "--begin=now+1hour", site=site)
+    assert out.returncode == 0, out.stderr
+    again = pipeline_jobs(run_dir)
+    subprocess.run(["scancel", *again.values()], env=cluster.env, check=True)
+    assert list(again) == ["export_hf", "eval"], out.stdout
+    assert f"after {again['export_hf']}" in out.stdout.splitlines()[-2] and "after" not in out.stdout.splitlines()[1]
+
+
+def test_preflight_pipeline_and_a_failed_step_cancels_its_dependents(cluster, jobs):
+    run_dir, printed = jobs["pipeline_preflight"]
+    ids = pipeline_jobs(run_dir)
+    assert list(ids) == ["data", "import_hf", "stage1", "stage2", "sft"], printed
+    assert "PREFLIGHT ONLY" in printed and "export_hf, eval: not submitted in preflight mode" in printed
+    final = cluster.wait(list(ids.values()), JOB_TIMEOUT)
+    logs = {step: log_of(cluster, job) for step, job in ids.items()}
+    for step in ("data", "import_hf", "stage1"):
+        assert_state(final[ids[step]], "COMPLETED", "0:0", logs[step])
+    assert final[ids["stage1"]]["JobName"] == f"{run_dir.name}-stage1-preflight"
+    # two srun tasks met through MASTER_ADDR/PORT (a gloo all-reduce) and nothing was trained
+    assert "PREFLIGHT ONLY (nothing trained, no GPU used)" in logs["stage1"]
+    assert "ranks: 2 rendezvous ok (gloo all-reduce)" in logs["stage1"]
+    assert f"checkpoint: initialize from {run_dir}/base" in logs["stage1"]
+    assert "iter 1/" not in logs["stage1"] and not (run_dir / "stage1").exists()
+    # the failing step: refused before any rank started, and never requeued
+    assert_state(final[ids["stage2"]], "FAILED", "2:0", logs["stage2"])
+    assert "train.global_batch_size: 3 is not divisible" in logs["stage2"]
+    assert "not started (exit 2): not requeued" in logs["stage2"]
+    # its dependent is cancelled, not left pending, and never ran
+    assert final[ids["sft"]]["JobState"] == "CANCELLED", final[ids["sft"]]
+    assert logs["sft"] == ""
+
+
+def test_bad_input_is_refused_before_submission(cluster, work):
+    site = write_site_env(work / "bad.env", work, HF_MODEL=work / "hf")
+    recipe = "recipes/tiny/prolong_stage1.yaml"
+    cases = [
+        ("submit.sh", ["train", recipe], {"SITE_ENV": "/nonexistent/site.env"}, "site env file not found: /nonexistent/site.env"),
+        ("submit.sh", ["--job-name=refused", "nosuchstep"], {}, "unknown step 'nosuchstep' (steps: data import_hf train"),
+        ("submit.sh", ["--job-name=refused", "train", "recipes/nope.yaml"], {}, "recipe not found: recipes/nope.yaml"),
+        ("submit.sh", ["--job-name=refused", "train", recipe, "train.train_iters"], {}, "is not a key=value override"),
+        ("submit.sh", ["--nodes", "2", "train", recipe], {}, "sbatch options are written --name=value here: '--nodes'"),
+        ("submit.sh", ["--job-name=refused", "data", "no_plan.sh"], {}, "data: plan not found: no_plan.sh"),
+        ("pipeline.sh", ["--from", "stage9"], {}, "--from: unknown step 'stage9'"),
+        ("pipeline.sh", ["--from", "stage2"], {"RUN_DIR": str(work / "nothing_here")},
+         "stage2 needs the output of stage1, which is not submitted (--from stage2) and not there"),
+        ("pipeline.sh", [], {"SITE_ENV": str(write_site_env(work / "no_model.env", work))}, "HF_MODEL is not set"),
+        ("launch.sh", ["--", "true"], {"PYTHON_ENV": "bogus"}, "PYTHON_ENV='bogus': expected venv, conda, container or none"),
+        ("launch.sh", [], {"PYTHON_ENV": "none"}, "launch.sh: no command"),
+    ]
+    for script, args, env, message in cases:
+        out = run_script(cluster, script, *args, site=site, extra_env=env)
+        assert out.returncode == 2 and message in out.stderr, (script, args, out.stdout, out.stderr)
+    names = subprocess.run(["squeue", "-h", "-o", "%j"], env=cluster.env, capture_output=True, text=True).stdout
+    assert "refused" not in names.split()

