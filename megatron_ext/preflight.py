@@ -38,9 +38,12 @@ def _checkpoint_plan(recipe: Recipe) -> str:
         return f"resume from {path}"
     if c.pretrained_checkpoint:
         found = find_checkpoint(c.pretrained_checkpoint)
+        how = f"({'with' if c.pretrained_load_optim else 'without'} optimizer state)"
         if found is None:
-            raise FileNotFoundError(f"checkpoint.pretrained_checkpoint: no checkpoint at {c.pretrained_checkpoint}")
-        return f"initialize from {found} ({'with' if c.pretrained_load_optim else 'without'} optimizer state)"
+            # Reported, not raised: in a chained pipeline the previous stage has not written it yet.
+            return (f"initialize from {c.pretrained_checkpoint} {how}; NO CHECKPOINT THERE YET: the run will "
+                    f"fail unless an earlier stage writes one first")
+        return f"initialize from {found} {how}"
     return "random initialization"
 
 

@@ -110,6 +110,15 @@ def test_missing_pretrained_checkpoint_is_an_error(tmp_path, python_env):
     assert rc != 0 and "checkpoint.pretrained_checkpoint: no checkpoint at" in out
 
 
+def test_preflight_reports_the_plan_and_trains_nothing(tmp_path, python_env):
+    # A chained stage's preflight runs before the previous stage has written its checkpoint.
+    rc, out, m = run(tmp_path, "train.preflight=true", f"checkpoint.pretrained_checkpoint={tmp_path}/stage1",
+                     f"checkpoint.save={tmp_path}/ck", name="preflight", env=python_env)
+    assert rc == 0, out
+    assert "PREFLIGHT ONLY" in out and "NO CHECKPOINT THERE YET" in out and "rendezvous ok" in out
+    assert m == [] and not (tmp_path / "ck").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", [["parallel.use_distributed_optimizer=true"],
                                     ["model.num_query_groups=2", "parallel.tensor_model_parallel_size=2",
