@@ -13,13 +13,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# file: (title, runs, iteration to mark or None)
 PANELS = {
     "fp8_tracking.png": ("FP8 GEMMs vs bf16 (tiny stage 1, 400 steps)",
-                         ["fp8/bf16", "fp8/bf16_seed4321", "fp8/delayed", "fp8/tensorwise"]),
+                         ["fp8/bf16", "fp8/bf16_seed4321", "fp8/delayed", "fp8/tensorwise"], None),
     "fp8_attention.png": ("FP8 attention on single-document samples vs bf16",
-                          ["fp8_attention/bf16", "fp8_attention/fp8"]),
+                          ["fp8_attention/bf16", "fp8_attention/fp8"], None),
     "exact_resume.png": ("Killed at iteration 82 (SIGUSR1) and resumed vs uninterrupted",
-                         ["pipeline/stage1", "resume/killed_and_resumed"]),
+                         ["pipeline/stage1", "resume/killed_and_resumed"], 82),
 }
 
 
@@ -35,11 +36,13 @@ def read_curves(path: Path) -> dict:
 
 def main(data_dir: Path, out_dir: Path) -> None:
     curves = read_curves(data_dir / "loss_curves.csv")
-    for filename, (title, runs) in PANELS.items():
+    for filename, (title, runs, mark) in PANELS.items():
         fig, ax = plt.subplots(figsize=(7, 4))
         for i, run in enumerate(runs):
             its, losses = curves[run]
             ax.plot(its, losses, label=run.split("/")[1], linewidth=1.2, linestyle="--" if i else "-")
+        if mark is not None:
+            ax.axvline(mark, color="grey", linewidth=0.8, linestyle=":", label=f"checkpoint + exit at {mark}")
         ax.set(title=title, xlabel="iteration", ylabel="loss (token-averaged)", yscale="log")
         ax.grid(alpha=0.3)
         ax.legend()
