@@ -1,6 +1,6 @@
 """GPU checks on one GPU (Transformer Engine): document masking, the tiny ProLong pipeline,
-exact resume after a kill, FP8 tracking bf16. Results go to $GPU_RESULTS_DIR (JSON +
-metrics) for tools/gpu_report.py.
+exact resume after a kill, FP8 tracking bf16, FP8 attention. Results go to $GPU_RESULTS_DIR
+(JSON, metrics, logs); reports/gpu_training.md is written from them.
 
     GPU_RESULTS_DIR=out python -m pytest -m gpu tests/gpu/test_single_gpu.py
 """
