@@ -46,8 +46,9 @@ class ParallelConfig:
     context_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
     sequence_parallel: bool = True
-    # p2p | a2a | all_gather | a2a+p2p
-    cp_comm_type: str = "p2p"
+    # a2a | all_gather | p2p | a2a+p2p. Not p2p (Megatron's default): with document masking its
+    # gradients are wrong on our stack (reports/gpu_training.md); validation refuses it there.
+    cp_comm_type: str = "a2a"
     # For a2a+p2p: [a2a size, p2p size], product = context_parallel_size.
     hierarchical_context_parallel_sizes: Optional[List[int]] = None
     use_distributed_optimizer: bool = True
