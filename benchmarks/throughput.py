@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,18 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megatron_ext.config import load_recipe  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from megatron_ext.net import free_port  # noqa: E402
 
 
 def run(recipe: str, overrides: list, nproc: int, warmup: int, log_dir: Path, label: str) -> dict:
     metrics = log_dir / f"{label}.jsonl"
     metrics.unlink(missing_ok=True)
-    cmd = ["torchrun", f"--nproc-per-node={nproc}", f"--master-port={_free_port()}", "-m", "megatron_ext.train",
+    cmd = ["torchrun", f"--nproc-per-node={nproc}", f"--master-port={free_port()}", "-m", "megatron_ext.train",
            recipe, *overrides, f"logging.metrics_jsonl={metrics}", "logging.progress_bar=false"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open(log_dir / f"{label}.log", "w") as log:

@@ -3,17 +3,12 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
+from megatron_ext.net import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_metrics(path: Path) -> list:

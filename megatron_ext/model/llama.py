@@ -7,6 +7,8 @@ keys are mapped to the TE names, so checkpoints move freely between the two.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -76,8 +78,6 @@ _SM90_DETERMINISTIC_THD_MAX_BHSS = 1 << 30
 def check_deterministic_attention(recipe: Recipe) -> None:
     """Refuse, with the reason, what TE would reject deep inside its first attention call
     ("No dot product attention backend is available") when NVTE_ALLOW_NONDETERMINISTIC_ALGO=0."""
-    import os
-
     if os.environ.get("NVTE_ALLOW_NONDETERMINISTIC_ALGO") != "0" or torch.cuda.get_device_capability() != (9, 0):
         return
     p, t = recipe.parallel, recipe.train

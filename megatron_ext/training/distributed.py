@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -14,6 +13,7 @@ import torch.distributed as dist
 
 from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import validate
+from megatron_ext.net import free_port
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,7 @@ def _rank_env() -> tuple[int, int, int]:
     # A lone process: any free port, so that several single-GPU runs can share a node.
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ["MASTER_PORT"] = str(free_port())
     return 0, 1, 0
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-from train_runner import free_port
+
+from megatron_ext.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("megatron_worker.py")

@@ -4,15 +4,14 @@
 """
 
 import json
-import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
-from train_runner import REPO, free_port, losses, train
+from megatron_ext.net import free_port
+from train_runner import REPO, losses, train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]
@@ -25,21 +24,6 @@ RING_BROKEN = pytest.mark.xfail(strict=True, reason="TE p2p CP backward with THD
 COMM_TYPES = [pytest.param("p2p", marks=RING_BROKEN), "a2a", "all_gather", pytest.param("a2a+p2p", marks=RING_BROKEN)]
 # Tolerances, fixed before measuring (bf16; CP/TP change summation orders only).
 LOSS_RTOL, GRAD_RTOL = 2e-3, 3e-2
-
-
-@pytest.fixture(scope="module")
-def results():
-    path = Path(os.environ.get("GPU_RESULTS_DIR", "gpu-results"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(REPO), e.get("PYTHONPATH", "")])
-    e["PYTHONUNBUFFERED"] = "1"
-    return e
 
 
 @pytest.fixture(scope="module")

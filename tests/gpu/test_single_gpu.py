@@ -6,7 +6,6 @@ exact resume after a kill, FP8 tracking bf16, FP8 attention. Results go to $GPU_
 """
 
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -22,21 +21,6 @@ pytestmark = pytest.mark.gpu
 
 STAGE1 = "recipes/tiny/prolong_stage1.yaml"
 QUIET = ["logging.progress_bar=false", "logging.tensorboard_dir=null"]
-
-
-@pytest.fixture(scope="module")
-def results():
-    path = Path(os.environ.get("GPU_RESULTS_DIR", "gpu-results"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(REPO), e.get("PYTHONPATH", "")])
-    e["PYTHONUNBUFFERED"] = "1"
-    return e
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from megatron_ext.net import free_port
+
 APT_PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 DAEMONS = {"munged": "/usr/sbin/munged", "slurmctld": "/usr/sbin/slurmctld", "slurmd": "/usr/sbin/slurmd"}
 CPUS = 8  # advertised (SlurmdParameters=config_overrides): 8 tasks on a 2-core machine
@@ -39,12 +41,6 @@ def install_packages(packages: List[str]) -> None:
     if subprocess.run(install, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env).returncode:
         subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL, env=env)  # stale lists
         subprocess.run(install, check=True, stdout=subprocess.DEVNULL, env=env)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(what: str, check, timeout: float, log: Optional[Path] = None) -> None:
@@ -111,8 +107,8 @@ class Cluster:
         self.conf.write_text(f"""\
 ClusterName=ci
 SlurmctldHost={self.host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge

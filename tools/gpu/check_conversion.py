@@ -26,7 +26,6 @@ import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -53,6 +52,7 @@ from megatron_ext.convert.verify import (  # noqa: E402
     load_megatron,
     megatron_logits,
 )
+from megatron_ext.net import free_port  # noqa: E402
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Real text for SmolLM2, so that top-1 agreement is about actual predictions.
@@ -62,12 +62,6 @@ TEXT = ("The Transformer architecture replaced recurrence with attention. Each l
         "tokens long, which requires both data with long-range structure and careful changes to the rotary "
         "position embedding base frequency. Evaluating such models means asking them to recall facts placed "
         "anywhere in a very long input, to answer questions about books, and to summarize long reports.")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def environment() -> dict:
