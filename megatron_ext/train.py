@@ -21,7 +21,8 @@ import torch
 
 from megatron_ext.config import RecipeError, Recipe, to_yaml
 from megatron_ext.config.loader import compose
-from megatron_ext.training.batch import MicroBatch, cp_partition_index, split_for_context_parallel
+from megatron_ext.config.validate import uses_ring_attention
+from megatron_ext.training.batch import MicroBatch, cp_partition_index, padding_joins_documents, split_for_context_parallel
 from megatron_ext.training.metrics import FlopsModel, StepStats
 
 EXIT_STOPPED_EARLY = 3
@@ -34,6 +35,7 @@ class DeviceBatches:
         self.source, self.layout, self.device = source, layout, device
         self.flops_model = FlopsModel.from_recipe(recipe)
         self.fp8_attention = recipe.precision.fp8_dot_product_attention
+        self.ring_attention = uses_ring_attention(recipe)
         self.stats = StepStats()
 
     def __iter__(self):
@@ -47,6 +49,8 @@ class DeviceBatches:
         self.stats.tokens += mb.num_real_tokens
         self.stats.flops += self.flops_model.training_flops(mb.doc_lengths)
         mb = mb.to(self.device)
+        if self.ring_attention:
+            mb = padding_joins_documents(mb)
         if self.layout.cp_size > 1:
             mb = split_for_context_parallel(mb, cp_partition_index(mb, self.layout.cp_size, self.layout.cp_rank))
         return mb

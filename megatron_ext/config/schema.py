@@ -46,8 +46,8 @@ class ParallelConfig:
     context_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
     sequence_parallel: bool = True
-    # a2a | all_gather | p2p | a2a+p2p. Not p2p (Megatron's default): with document masking its
-    # gradients are wrong on our stack (reports/gpu_training.md); validation refuses it there.
+    # a2a | all_gather | p2p | a2a+p2p. All match one GPU with document masking (p2p through
+    # training.batch.padding_joins_documents, reports/cp_p2p.md); a2a needs heads divisible by CP.
     cp_comm_type: str = "a2a"
     # For a2a+p2p: [a2a size, p2p size], product = context_parallel_size.
     hierarchical_context_parallel_sizes: Optional[List[int]] = None

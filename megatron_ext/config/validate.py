@@ -13,7 +13,6 @@ from megatron_ext.config.loader import RecipeError
 from megatron_ext.config.schema import Recipe
 
 CP_COMM_TYPES = ("p2p", "a2a", "all_gather", "a2a+p2p")
-# Ring (p2p) attention over THD batches failed our gradient parity check; see validate().
 P2P_COMM_TYPES = ("p2p", "a2a+p2p")
 FP8_FORMATS = (None, "e4m3", "hybrid")
 FP8_RECIPES = ("delayed", "tensorwise")
@@ -35,6 +34,13 @@ def cp_padding_multiple(recipe: Recipe) -> int:
     """Every document is padded to a multiple of this (TE's per-document CP split)."""
     cp = recipe.parallel.context_parallel_size
     return 2 * cp if cp > 1 else 1
+
+
+def uses_ring_attention(recipe: Recipe) -> bool:
+    """Ring (p2p) context parallelism, alone or inside a2a+p2p: its THD batches must count
+    each document's padding as document tokens (training.batch.padding_joins_documents)."""
+    p = recipe.parallel
+    return p.context_parallel_size > 1 and p.cp_comm_type in P2P_COMM_TYPES
 
 
 def sequence_multiple(recipe: Recipe) -> int:
@@ -113,11 +119,6 @@ def _check_parallel(r: Recipe, problems: List[str], world_size: Optional[int]) -
                         f"is not divisible by TP={tp}; use a multiple of {tp}")
     if p.cp_comm_type not in CP_COMM_TYPES:
         problems.append(f"parallel.cp_comm_type: '{p.cp_comm_type}' is not one of {', '.join(CP_COMM_TYPES)}")
-    if cp > 1 and r.train.reset_attention_mask and p.cp_comm_type in P2P_COMM_TYPES:
-        problems.append(
-            f"parallel.cp_comm_type: {p.cp_comm_type} with document masking (train.reset_attention_mask) gives "
-            f"wrong gradients on our stack (TE 2.20.2, cuDNN 9.14, H200: the loss matches one GPU, the "
-            f"gradients do not; reports/gpu_training.md); use a2a or all_gather, which match one GPU")
     if cp > 1 and p.cp_comm_type in ("a2a", "a2a+p2p"):
         a2a = cp if p.cp_comm_type == "a2a" else (p.hierarchical_context_parallel_sizes or [cp])[0]
         for heads, key in ((m.num_attention_heads, "num_attention_heads"), (m.num_query_groups, "num_query_groups")):

@@ -132,6 +132,19 @@ def pack_micro_batch(samples: Sequence[PackedSample], pad_multiple: int = 1, tot
     )
 
 
+def padding_joins_documents(mb: MicroBatch) -> MicroBatch:
+    """Attention treats each document's padding as the document's last tokens.
+
+    Exact: padding sits after the real tokens, so causally no real token sees it, and it
+    carries no loss, so it sends no gradient back. Why: Transformer Engine's ring (p2p)
+    context-parallel backward (2.20.2 / cuDNN 9.14) gives wrong gradients for every weight
+    when a rank's chunk of a document holds padding only (short documents, e.g. of 1 or 3
+    tokens at CP=2; reports/cp_p2p.md); counted as tokens, no chunk is empty. Both
+    boundaries are then the same tensor, which TE reads as "no padding between sequences".
+    """
+    return replace(mb, cu_seqlens=mb.cu_seqlens_padded) if mb.is_thd else mb
+
+
 def cp_partition_index(mb: MicroBatch, cp_size: int, cp_rank: int) -> torch.Tensor:
     """Token indices this CP rank keeps: per document, chunks r and 2*CP-1-r of 2*CP.
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from megatron_ext.data.sample import PackedSample
-from megatron_ext.training.batch import pack_micro_batch, split_for_context_parallel
+from megatron_ext.training.batch import pack_micro_batch, padding_joins_documents, split_for_context_parallel
+from megatron_ext.training.step import dense_document_mask
 
 
 def sample(doc_lengths, loss_mask=None, domain=0, start=1):
@@ -84,3 +85,47 @@ def test_context_parallel_split_keeps_every_token_once():
     assert seen.tolist() == mb.tokens[0].sort().values.tolist()
     assert sum(float(p.loss_weight.sum()) for p in parts) == float(mb.loss_weight.sum())
     assert parts[0].tokens.shape == parts[1].tokens.shape  # balanced
+
+
+class ToyAttentionModel(torch.nn.Module):
+    """Embedding, two masked softmax-attention layers with MLPs, a head: every way tokens mix."""
+
+    def __init__(self, vocab=64, dim=16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.qkv = torch.nn.ModuleList([torch.nn.Linear(dim, 3 * dim) for _ in range(2)])
+        self.mlp = torch.nn.ModuleList([torch.nn.Linear(dim, dim) for _ in range(2)])
+        self.head = torch.nn.Linear(dim, vocab)
+
+    def forward(self, mb):
+        blocked = dense_document_mask(mb)[0, 0]
+        x = self.embed(mb.tokens[0])
+        for qkv, mlp in zip(self.qkv, self.mlp):
+            q, k, v = qkv(x).chunk(3, dim=-1)
+            scores = (q @ k.T).masked_fill(blocked, float("-inf"))
+            # a fully blocked row (padding kept apart) attends to nothing: zero output, no NaN
+            attn = torch.nan_to_num(scores.softmax(-1))
+            x = x + attn @ v
+            x = x + torch.tanh(mlp(x))
+        per_token = torch.nn.functional.cross_entropy(self.head(x), mb.labels[0], reduction="none")
+        return (per_token * mb.loss_weight[0]).sum() / mb.loss_weight.sum()
+
+
+def test_padding_joining_its_document_changes_no_loss_or_gradient():
+    # documents of 1 and 3 tokens: at CP=2 (padding to 4) these are the chunks holding padding only
+    mb = pack_micro_batch([sample([1, 3, 9, 6], start=3)], pad_multiple=4, total_multiple=8)
+    joined = padding_joins_documents(mb)
+    assert joined.cu_seqlens is joined.cu_seqlens_padded and joined.doc_lengths == mb.doc_lengths
+    assert not torch.equal(dense_document_mask(mb), dense_document_mask(joined))  # padding now attends
+
+    results = []
+    for batch in (mb, joined):
+        model = ToyAttentionModel()
+        loss = model(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_apart, grads_apart), (loss_joined, grads_joined) = results
+    torch.testing.assert_close(loss_joined, loss_apart, rtol=0, atol=1e-6)
+    for name in grads_apart:
+        torch.testing.assert_close(grads_joined[name], grads_apart[name], rtol=0, atol=1e-6, msg=name)

@@ -102,14 +102,11 @@ def test_a2a_needs_heads_per_tp_rank_divisible_by_cp():
     assert "parallel.cp_comm_type" in msg and "model.num_query_groups" in msg
 
 
-def test_ring_attention_refused_with_document_masking_under_cp():
-    for comm in ("p2p", "a2a+p2p"):
-        msg = _problems("parallel.context_parallel_size=2", f"parallel.cp_comm_type={comm}",
-                        "parallel.hierarchical_context_parallel_sizes=[1,2]")
-        assert "parallel.cp_comm_type" in msg and "wrong gradients" in msg
-    for ok in (["parallel.cp_comm_type=p2p", "train.reset_attention_mask=false"], ["parallel.cp_comm_type=a2a"],
-               ["parallel.cp_comm_type=all_gather"]):
-        load_recipe(TINY, ["parallel.context_parallel_size=2", *ok])
+def test_every_cp_comm_type_is_accepted_with_document_masking():
+    # p2p trains with each document's padding counted as its tokens (batch.padding_joins_documents).
+    for ok in (["parallel.cp_comm_type=p2p"], ["parallel.cp_comm_type=a2a"], ["parallel.cp_comm_type=all_gather"],
+               ["parallel.cp_comm_type=a2a+p2p", "parallel.hierarchical_context_parallel_sizes=[1,2]"]):
+        assert load_recipe(TINY, ["parallel.context_parallel_size=2", *ok]).parallel.cp_comm_type == ok[0].split("=")[1]
 
 
 def test_gpus_must_divide_by_tp_times_cp():

@@ -1,7 +1,7 @@
 """GPU check: context and tensor parallelism give the single-GPU loss and gradients on the
 same packed, document-masked batch.
 
-    torchrun --nproc-per-node 2 tests/gpu/check_parallel_parity.py --out OUT --cp 2 --tp 2
+    torchrun --nproc-per-node 2 tests/gpu/check_parallel_parity.py --out OUT --cp 2 --tp 2 [--docs 1000,3,...]
 
 Every rank first computes the reference (CP=1, TP=1) loss and gradients itself. Then, for
 each cp_comm_type, the same weights run with CP over all ranks (documents padded to 2 x CP
@@ -23,14 +23,16 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from megatron_ext.config.loader import compose
-from megatron_ext.config.validate import cp_padding_multiple, sequence_multiple
+from megatron_ext.config.validate import cp_padding_multiple, sequence_multiple, uses_ring_attention
 from megatron_ext.data.sample import PackedSample
 from megatron_ext.model.linear_cross_entropy import gpt_output_processor
 from megatron_ext.model.llama import build_gpt_model
-from megatron_ext.training.batch import cp_partition_index, pack_micro_batch, split_for_context_parallel
+from megatron_ext.training.batch import (cp_partition_index, pack_micro_batch, padding_joins_documents,
+                                         split_for_context_parallel)
 from megatron_ext.training.step import packed_seq_params
 
 # Short and long documents, lengths not multiples of anything: CP must pad each of them.
+# --docs replaces them, e.g. to tell apart which document lengths a comm type gets wrong.
 DOCS = [1000, 3, 517, 2600, 77, 1999, 1, 1995]
 
 
@@ -57,16 +59,19 @@ def setup(recipe):
     return build_gpt_model(recipe).cuda()
 
 
-def loss_and_grads(model, recipe, tokens):
+def loss_and_grads(model, recipe, tokens, docs, ring_padding_apart=False):
     """Token-averaged loss and the gradients of this rank's parameters (summed over CP)."""
     from megatron.core import parallel_state
 
-    mb = pack_micro_batch([PackedSample(tokens, np.array(DOCS))], cp_padding_multiple(recipe),
+    mb = pack_micro_batch([PackedSample(tokens, np.array(docs))], cp_padding_multiple(recipe),
                           sequence_multiple(recipe)).to("cuda")
+    if uses_ring_attention(recipe) and not ring_padding_apart:  # as training does
+        mb = padding_joins_documents(mb)
     cp = recipe.parallel.context_parallel_size
     if cp > 1:
         mb = split_for_context_parallel(mb, cp_partition_index(mb, cp, parallel_state.get_context_parallel_rank()))
-    per_token = model(mb.tokens, mb.position_ids, None, labels=mb.labels, packed_seq_params=packed_seq_params(mb),
+    per_token = model(mb.tokens, mb.position_ids, None, labels=mb.labels,
+                      packed_seq_params=packed_seq_params(mb) if mb.is_thd else None,  # as training does
                       output_processor=gpt_output_processor)
     loss_sum = (per_token.float() * mb.loss_weight).sum()
     count = mb.loss_weight.sum()
@@ -98,16 +103,16 @@ def full_norm(param_name, grad, model):
     return sq.sqrt().item()
 
 
-def main(out: Path, cp: int, tp: int, comm_types: list) -> None:
+def main(out: Path, cp: int, tp: int, comm_types: list, docs: list, ring_padding_apart: bool) -> None:
     rank = int(os.environ["RANK"])
     torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl")
     from megatron.core import dist_checkpointing
 
     base = recipe_for(1, 1, "p2p")
-    tokens = np.random.default_rng(0).integers(0, 2048, sum(DOCS))
+    tokens = np.random.default_rng(0).integers(0, 2048, sum(docs))
     ref_model = setup(base)
-    ref_loss, ref_grads = loss_and_grads(ref_model, base, tokens)
+    ref_loss, ref_grads = loss_and_grads(ref_model, base, tokens, docs)
     # TE modules without FP8 state report their _extra_state as None.
     ref_state = {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in ref_model.state_dict().items()}
     ckpt = Path(tempfile.gettempdir()) / "parity_reference_checkpoint"
@@ -117,14 +122,14 @@ def main(out: Path, cp: int, tp: int, comm_types: list) -> None:
     dist.barrier()
     dist_checkpointing.save(ref_model.sharded_state_dict(), str(ckpt))  # to reshard into the TP model
     dist.barrier()
-    results = {"reference_loss": ref_loss, "documents": DOCS, "device": torch.cuda.get_device_name(),
-               "world_size": dist.get_world_size(), "cp": {}, "tp": {}}
+    results = {"reference_loss": ref_loss, "documents": docs, "ring_padding_apart": ring_padding_apart,
+               "device": torch.cuda.get_device_name(), "world_size": dist.get_world_size(), "cp": {}, "tp": {}}
 
     for comm in comm_types:
         recipe = recipe_for(1, cp, comm)
         model = setup(recipe)
         model.load_state_dict(ref_state)
-        loss, grads = loss_and_grads(model, recipe, tokens)
+        loss, grads = loss_and_grads(model, recipe, tokens, docs, ring_padding_apart)
         rel = {n: ((grads[n] - ref_grads[n]).norm() / ref_grads[n].norm().clamp(min=1e-12)).item() for n in ref_grads}
         results["cp"][comm] = {"loss": loss, "loss_rel_diff": abs(loss - ref_loss) / ref_loss,
                                "grad_rel_l2_max": max(rel.values()), "grad_rel_l2_worst": max(rel, key=rel.get),
@@ -135,7 +140,7 @@ def main(out: Path, cp: int, tp: int, comm_types: list) -> None:
         recipe = recipe_for(tp, 1, "p2p")
         model = setup(recipe)
         model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(ckpt)))
-        loss, grads = loss_and_grads(model, recipe, tokens)
+        loss, grads = loss_and_grads(model, recipe, tokens, docs)
         rel = {n: abs(full_norm(n, grads[n], model) - ref_grads[n].norm().item()) / ref_grads[n].norm().item()
                for n in grads}
         results["tp"] = {"tp": tp, "sequence_parallel": True, "loss": loss,
@@ -156,5 +161,11 @@ if __name__ == "__main__":
     parser.add_argument("--cp", type=int, default=2)
     parser.add_argument("--tp", type=int, default=2)
     parser.add_argument("--comm-types", nargs="*", default=["p2p", "a2a", "all_gather", "a2a+p2p"])
+    parser.add_argument("--docs", type=lambda s: [int(x) for x in s.split(",")], default=DOCS,
+                        help="comma-separated document lengths of the packed sample (sum <= 8192)")
+    parser.add_argument("--ring-padding-apart", action="store_true",
+                        help="keep padding out of the documents under p2p, unlike training: reproduces TE's wrong gradients")
     args = parser.parse_args()
-    main(args.out, args.cp, args.tp, args.comm_types)
+    if sum(args.docs) > 8192 or min(args.docs) < 1:
+        parser.error(f"--docs: lengths must be >= 1 and sum to at most 8192 (the check's seq_length), got {args.docs}")
+    main(args.out, args.cp, args.tp, args.comm_types, args.docs, args.ring_padding_apart)
