@@ -69,7 +69,11 @@ def choose_batch_size(config, length: int, runtime: Runtime, free_bytes: int | N
     if not runtime.device.startswith("cuda"):
         return 1
     if free_bytes is None:
-        free_bytes, _ = torch.cuda.mem_get_info(torch.device(runtime.device))
+        device = torch.device(runtime.device)
+        # Memory the caching allocator holds from the previous (shorter) length is free to us too:
+        # without counting it, a 32K batch after a 16K one came out 5x smaller (3 vs 15 on an H100).
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        free_bytes = torch.cuda.mem_get_info(device)[0] + cached
     element = torch.tensor([], dtype=runtime.dtype).element_size()
     per_sequence = length * bytes_per_token(config, runtime.dtype)
     if runtime.attn_implementation == "sdpa":
