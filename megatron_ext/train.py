@@ -22,7 +22,7 @@ import torch
 from megatron_ext.config import RecipeError, Recipe, to_yaml
 from megatron_ext.config.loader import compose
 from megatron_ext.config.validate import uses_ring_attention
-from megatron_ext.training.batch import MicroBatch, cp_partition_index, padding_joins_documents, split_for_context_parallel
+from megatron_ext.training.batch import MicroBatch, for_context_parallel_rank
 from megatron_ext.training.metrics import FlopsModel, StepStats
 
 EXIT_STOPPED_EARLY = 3
@@ -48,12 +48,8 @@ class DeviceBatches:
                                "arrived; FP8 attention cannot be trained on THD batches on Hopper")
         self.stats.tokens += mb.num_real_tokens
         self.stats.flops += self.flops_model.training_flops(mb.doc_lengths)
-        mb = mb.to(self.device)
-        if self.ring_attention:
-            mb = padding_joins_documents(mb)
-        if self.layout.cp_size > 1:
-            mb = split_for_context_parallel(mb, cp_partition_index(mb, self.layout.cp_size, self.layout.cp_rank))
-        return mb
+        return for_context_parallel_rank(mb.to(self.device), self.layout.cp_size, self.layout.cp_rank,
+                                         self.ring_attention)
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

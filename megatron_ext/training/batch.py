@@ -163,3 +163,13 @@ def split_for_context_parallel(mb: MicroBatch, index: torch.Tensor) -> MicroBatc
     take = lambda t: t.index_select(1, index)  # noqa: E731
     return replace(mb, tokens=take(mb.tokens), labels=take(mb.labels), loss_weight=take(mb.loss_weight),
                    position_ids=take(mb.position_ids), domain_ids=take(mb.domain_ids))
+
+
+def for_context_parallel_rank(mb: MicroBatch, cp_size: int, cp_rank: int, ring_attention: bool) -> MicroBatch:
+    """What one CP rank trains on: under ring attention the padding joins its documents
+    first (padding_joins_documents), then the rank keeps its chunks of every document."""
+    if ring_attention:
+        mb = padding_joins_documents(mb)
+    if cp_size > 1:
+        mb = split_for_context_parallel(mb, cp_partition_index(mb, cp_size, cp_rank))
+    return mb

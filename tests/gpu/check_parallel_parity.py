@@ -27,8 +27,7 @@ from megatron_ext.config.validate import cp_padding_multiple, sequence_multiple,
 from megatron_ext.data.sample import PackedSample
 from megatron_ext.model.linear_cross_entropy import gpt_output_processor
 from megatron_ext.model.llama import build_gpt_model
-from megatron_ext.training.batch import (cp_partition_index, pack_micro_batch, padding_joins_documents,
-                                         split_for_context_parallel)
+from megatron_ext.training.batch import for_context_parallel_rank, pack_micro_batch
 from megatron_ext.training.step import packed_seq_params
 
 # Short and long documents, lengths not multiples of anything: CP must pad each of them.
@@ -65,11 +64,9 @@ def loss_and_grads(model, recipe, tokens, docs, ring_padding_apart=False):
 
     mb = pack_micro_batch([PackedSample(tokens, np.array(docs))], cp_padding_multiple(recipe),
                           sequence_multiple(recipe)).to("cuda")
-    if uses_ring_attention(recipe) and not ring_padding_apart:  # as training does
-        mb = padding_joins_documents(mb)
+    ring = uses_ring_attention(recipe) and not ring_padding_apart
     cp = recipe.parallel.context_parallel_size
-    if cp > 1:
-        mb = split_for_context_parallel(mb, cp_partition_index(mb, cp, parallel_state.get_context_parallel_rank()))
+    mb = for_context_parallel_rank(mb, cp, parallel_state.get_context_parallel_rank(), ring)  # as training does
     per_token = model(mb.tokens, mb.position_ids, None, labels=mb.labels,
                       packed_seq_params=packed_seq_params(mb) if mb.is_thd else None,  # as training does
                       output_processor=gpt_output_processor)
