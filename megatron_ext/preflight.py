@@ -29,22 +29,25 @@ def _parameter_count(recipe: Recipe) -> int:
 
 
 def _checkpoint_plan(recipe: Recipe) -> str:
-    from megatron_ext.training.checkpoint import find_checkpoint
+    """What the run's start-up will do, with the same checks (a checkpoint it would refuse fails
+    preflight too), short of reading tensors and verifying checksums."""
+    from megatron_ext.training.checkpoint import plan_start
+    from megatron_ext.training.checkpoint_lock import lock_holder
 
     c = recipe.checkpoint
-    resume_from = c.load or c.save
-    path = find_checkpoint(resume_from) if resume_from else None
-    if path is not None:
-        return f"resume from {path}"
-    if c.pretrained_checkpoint:
-        found = find_checkpoint(c.pretrained_checkpoint)
+    plan = plan_start(recipe)
+    if plan.kind == "resume":
+        text = "; ".join([f"resume from {plan.path}", *plan.notes])
+    elif plan.kind == "initialize":
         how = f"({'with' if c.pretrained_load_optim else 'without'} optimizer state)"
-        if found is None:
-            # Reported, not raised: in a chained pipeline the previous stage has not written it yet.
-            return (f"initialize from {c.pretrained_checkpoint} {how}; NO CHECKPOINT THERE YET: the run will "
-                    f"fail unless an earlier stage writes one first")
-        return f"initialize from {found} {how}"
-    return "random initialization"
+        # Reported, not raised: in a chained pipeline the previous stage has not written it yet.
+        text = (f"initialize from {plan.path} {how}" if plan.path else
+                f"initialize from {c.pretrained_checkpoint} {how}; NO CHECKPOINT THERE YET: the run will "
+                f"fail unless an earlier stage writes one first")
+    else:
+        text = "random initialization"
+    holder = lock_holder(c.save) if c.save else None
+    return text + (f"; {c.save} IS IN USE by {holder}: the run will be refused" if holder else "")
 
 
 def preflight(recipe: Recipe) -> int:

@@ -161,6 +161,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # A checkpoint that is damaged, foreign, crafted or in use: one line, exit code 2.
+        from megatron_ext.training.checkpoint_files import CheckpointError
+
+        if not isinstance(e, CheckpointError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

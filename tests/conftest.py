@@ -27,9 +27,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def python_env():
-    """Environment for subprocesses that import this repository."""
+    """Environment for subprocesses that import this repository (session-wide: never mutated)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -132,8 +132,17 @@ class CheckpointConfig:
     pretrained_load_optim: bool = False
     # Save and exit cleanly on SIGTERM / SIGUSR1 (Slurm's pre-timeout warning).
     exit_signal_handler: bool = True
-    # Keep only the newest N complete checkpoints (null = keep all).
+    # Keep only the newest N complete checkpoints of this run (null = keep all). A save needs
+    # room for N+1: the oldest is removed only after the new one is complete.
     keep_last: Optional[int] = None
+    # Resume from this iteration of `load` (default `save`) instead of the one its tracker
+    # names (Megatron-LM's --ckpt-step): to go back past a damaged checkpoint, or when the
+    # tracker is lost. Start-up refuses to guess and names the newest complete checkpoint.
+    ckpt_step: Optional[int] = None
+    # Record a CRC-32 of every checkpoint file at save and verify it before loading (~1 GB/s
+    # per rank from disk, spread over the ranks). false skips both, for huge checkpoints on
+    # slow file systems; sizes are still checked.
+    verify_checksums: bool = True
 
 
 @dataclass

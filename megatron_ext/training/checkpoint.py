@@ -1,43 +1,72 @@
-"""Megatron distributed checkpoints: atomic saves, exact resume, the stage handoff.
+"""Megatron distributed checkpoints: atomic saves, exact resume, the stage handoff, and refusals
+of checkpoints that are damaged, foreign, crafted or in use.
 
-Layout (Megatron-LM's, so its tools read it)::
+Layout (Megatron-LM's, so its tools read it; see checkpoint_files.py)::
 
     <dir>/iter_0000250/                    torch_dist checkpoint (metadata.json written last)
+    <dir>/iter_0000250/manifest.json       run id, size and CRC-32 of every file (checkpoint_manifest.py)
     <dir>/latest_checkpointed_iteration.txt
+    <dir>/writer.lock                      held by the run that saves here (checkpoint_lock.py)
 
 A save goes to ``<dir>/.incomplete_iter_XXXXXXX`` and is renamed into place only after every
 rank has finished; the tracker file is replaced atomically after that. A crash at any
-point leaves the previous checkpoint as the one that is resumed from.
+point leaves the previous checkpoint as the one that is resumed from; a failed save removes
+its directory, and the next run removes what a killed one left.
 
 Start-up precedence: resume from ``checkpoint.load`` (default ``checkpoint.save``) if it holds
 a checkpoint: model, optimizer, LR schedule, RNG and data position. Otherwise initialize
 from ``checkpoint.pretrained_checkpoint``: weights, and Adam state if
 ``pretrained_load_optim``, with iteration and schedule starting over. Otherwise start fresh.
+Before any tensor is read: the files are all there (manifest sizes, ``.metadata`` extents),
+checksums match, objects unpickle only through the restricted loaders (safe_load.py), and
+the recipe may resume from the stored one (recipe_changes.py). A run replaces or prunes
+only checkpoints of its own run series (the manifest's run id).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_ext.config.loader import to_yaml
 from megatron_ext.config.schema import Recipe
+from megatron_ext.training.checkpoint_files import (
+    INCOMPLETE_PREFIX,
+    TRACKER,
+    CheckpointError,
+    DamagedCheckpointError,
+    complete_checkpoints,
+    find_checkpoint,
+    iteration_dir,
+    refuse_damaged,
+    remove_incomplete_saves,
+)
+from megatron_ext.training.checkpoint_lock import WriterLock
+from megatron_ext.training.checkpoint_manifest import (
+    checksum_files,
+    data_files,
+    has_checksums,
+    read_manifest,
+    run_id_of,
+    throughput,
+    verify_checksums,
+    write_manifest,
+)
 from megatron_ext.training.distributed import Layout
-
-TRACKER = "latest_checkpointed_iteration.txt"
-_INCOMPLETE = ".incomplete_"
-
-
-class CheckpointError(RuntimeError):
-    pass
+from megatron_ext.training.recipe_changes import check_model_shapes, check_resume, saved_model_section
+from megatron_ext.training.safe_load import describe, original_errors, read_checked, restricted_unpickling
 
 
 @dataclass
@@ -46,32 +75,64 @@ class TrainState:
     consumed_samples: int = 0
 
 
-def iteration_dir(root: Path, iteration: int) -> Path:
-    return Path(root) / f"iter_{iteration:07d}"
+def resume_remedy(iteration: int, path: Path) -> str:
+    return f"set checkpoint.ckpt_step={iteration} to resume from it"
 
 
-def find_checkpoint(path: str | os.PathLike) -> Optional[Path]:
-    """The complete checkpoint at ``path``: the path itself if it is one, else the one its
-    tracker names. None if there is none yet; CheckpointError if the tracker is broken."""
-    path = Path(path)
-    if (path / "metadata.json").is_file():
-        return path
-    tracker = path / TRACKER
-    if not tracker.is_file():
-        return None
-    text = tracker.read_text().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
-    found = iteration_dir(path, int(text))
-    if not (found / "metadata.json").is_file():
-        raise CheckpointError(f"{tracker} names iteration {text}, but {found} is not a complete checkpoint")
-    return found
+def pretrained_remedy(iteration: int, path: Path) -> str:
+    return f"set checkpoint.pretrained_checkpoint={path} to use it"
 
 
-def _has_optimizer_state(path: Path) -> bool:
-    from megatron.core.dist_checkpointing import load_tensors_metadata
+@dataclass
+class StartPlan:
+    """What ``load_or_init`` will do, found without reading any tensor data."""
 
-    return any(key.startswith("optimizer.") for key in load_tensors_metadata(str(path)))
+    kind: str                        # resume | initialize | fresh
+    path: Optional[Path] = None      # None with "initialize": the pretrained checkpoint is not written yet
+    common: dict = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+
+def _checked_common_state(path: Path, remedy: Callable[[int, Path], str]) -> tuple:
+    """(common state, tensor names) of a checkpoint whose files are all present; a damaged one is
+    refused naming the file and, in a save directory, the newest other complete checkpoint."""
+    from megatron.core.dist_checkpointing import load_common_state_dict
+
+    try:
+        _, metadata = read_checked(path)
+        with original_errors():
+            common = load_common_state_dict(str(path))
+    except DamagedCheckpointError as e:
+        raise refuse_damaged(str(e), path, remedy) from None
+    return common, set(metadata.state_dict_metadata)
+
+
+def plan_start(recipe: Recipe) -> StartPlan:
+    """Choose the checkpoint to start from and check it (files, recipe) on every rank alike."""
+    c = recipe.checkpoint
+    resume_from = c.load or c.save
+    with restricted_unpickling():
+        path = find_checkpoint(resume_from, c.ckpt_step, resume_remedy, "checkpoint.ckpt_step") if resume_from else None
+        if path is not None:
+            common, _ = _checked_common_state(path, resume_remedy)
+            note = check_resume(common["recipe"], recipe, str(path)) if "recipe" in common else None
+            return StartPlan("resume", path, common, [note] if note else [])
+        if c.ckpt_step is not None:
+            raise CheckpointError(f"checkpoint.ckpt_step={c.ckpt_step}: no checkpoint.load or checkpoint.save to take "
+                                  f"it from")
+        if not c.pretrained_checkpoint:
+            return StartPlan("fresh")
+        path = find_checkpoint(c.pretrained_checkpoint, remedy=pretrained_remedy)
+        if path is None:
+            return StartPlan("initialize")
+        common, tensors = _checked_common_state(path, pretrained_remedy)
+    saved_model = saved_model_section(common)
+    if saved_model:
+        check_model_shapes(saved_model, recipe.model, str(path))
+    if c.pretrained_load_optim and not any(name.startswith("optimizer.") for name in tensors):
+        raise CheckpointError(f"checkpoint.pretrained_load_optim: {path} holds no optimizer state "
+                              "(e.g. an imported HF model); set checkpoint.pretrained_load_optim=false")
+    return StartPlan("initialize", path, common)
 
 
 def _use_recipe_learning_rates(optimizer_state, recipe: Recipe) -> None:
@@ -99,6 +160,25 @@ def _write_atomically(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(error, CheckpointException):
+            if any(_is_disk_full(e) for e, _ in error.failures.values()):
+                return True
+        elif "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
 def _rng_state() -> dict:
@@ -130,6 +210,32 @@ class Checkpointer:
     def __init__(self, recipe: Recipe, model, optimizer, scheduler, layout: Layout, log=print):
         self.recipe, self.model, self.optimizer, self.scheduler = recipe, model, optimizer, scheduler
         self.layout, self.log = layout, log
+        # This run series' id (manifest.json): a resume takes over the checkpoint's.
+        self.run_id = uuid.uuid4().hex[:16]
+
+    # -- collectives -----------------------------------------------------------------
+    def _on_rank0(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on rank 0 only; if it fails, every rank raises, so that all stop together."""
+        error = None
+        if self.layout.rank == 0:
+            try:
+                action()
+            except Exception as e:
+                error = e
+        message = [None if error is None else (str(error) if isinstance(error, CheckpointError) else describe(error))]
+        if self.layout.world_size > 1:
+            dist.broadcast_object_list(message, src=0)
+        if error is not None:
+            raise error
+        if message[0] is not None:
+            raise CheckpointError(message[0])
+
+    def _gather(self, value) -> list:
+        if self.layout.world_size == 1:
+            return [value]
+        gathered = [None] * self.layout.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
 
     # -- sharded state ---------------------------------------------------------------
     def _metadata(self) -> dict:
@@ -178,11 +284,19 @@ class Checkpointer:
 
     # -- save ------------------------------------------------------------------------
     def save(self, state: TrainState) -> Path:
+        """Save ``state``; a failure removes the partial save, says whether the disk is full and
+        leaves the previous checkpoint as the one to resume from."""
+        try:
+            return self._save(state)
+        except (Exception, CheckpointException) as e:
+            raise self._save_failure(state.iteration, e) from None
+
+    def _save(self, state: TrainState) -> Path:
         from megatron.core import dist_checkpointing
 
         root = Path(self.recipe.checkpoint.save)
         final = iteration_dir(root, state.iteration)
-        tmp = root / f"{_INCOMPLETE}{final.name}"
+        tmp = root / f"{INCOMPLETE_PREFIX}{final.name}"
         if self.layout.rank == 0:
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that crashed
@@ -196,24 +310,65 @@ class Checkpointer:
         dist_checkpointing.save(sharded, str(tmp), sharded_strategy=self._strategies(save=True),
                                 content_metadata=self._metadata() | {"dp_cp_group": None})
         dist.barrier()
-        if self.layout.rank == 0:
-            if final.exists():  # re-saving an iteration (e.g. after a resume): replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            _write_atomically(root / TRACKER, f"{state.iteration}\n")
-            self._prune(root, keep=final)
+        checksums = self._write_manifest(tmp, state.iteration)
+        self._on_rank0(lambda: self._publish(root, tmp, final, state.iteration))
         dist.barrier()
-        self.log(f"saved checkpoint {final}")
+        self.log(f"saved checkpoint {final} ({checksums})")
         return final
 
+    def _write_manifest(self, tmp: Path, iteration: int) -> str:
+        """Every rank checksums its share of the files; rank 0 writes the manifest."""
+        with_crc = self.recipe.checkpoint.verify_checksums
+        start = time.perf_counter()
+        names = data_files(tmp)
+        mine = checksum_files(tmp, names[self.layout.rank::self.layout.world_size], with_crc)
+        files = {name: entry for part in self._gather(mine) for name, entry in sorted(part.items())}
+        seconds = time.perf_counter() - start
+        if self.layout.rank == 0:
+            write_manifest(tmp, files, self.run_id, iteration, written_by="training")
+        total = sum(entry["bytes"] for entry in files.values())
+        if not with_crc:
+            return "no checksums: checkpoint.verify_checksums=false"
+        return f"checksums of {throughput(total, seconds)}"
+
+    def _publish(self, root: Path, tmp: Path, final: Path, iteration: int) -> None:
+        if final.exists():  # re-saving an iteration of this run (after a resume from an earlier one)
+            if run_id_of(final) != self.run_id:
+                raise CheckpointError(f"refusing to replace {final}: this run did not write it; choose another "
+                                      f"checkpoint.save")
+            self.log(f"replacing {final}, written earlier by this run")
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _write_atomically(root / TRACKER, f"{iteration}\n")
+        self._prune(root, keep=final)
+
     def _prune(self, root: Path, keep: Path) -> None:
+        """keep_last counts and removes only this run series' checkpoints, never another's."""
         n = self.recipe.checkpoint.keep_last
         if not n:
             return
-        complete = sorted(p for p in root.glob("iter_*") if (p / "metadata.json").is_file())
-        for old in complete[:-n]:
+        own = [p for p in complete_checkpoints(root).values() if run_id_of(p) == self.run_id]
+        for old in own[:-n]:
             if old != keep:
                 shutil.rmtree(old)
+
+    def _save_failure(self, iteration: int, error: BaseException) -> CheckpointError:
+        root = Path(self.recipe.checkpoint.save)
+        if self.layout.rank == 0:
+            shutil.rmtree(root / f"{INCOMPLETE_PREFIX}{iteration_dir(root, iteration).name}", ignore_errors=True)
+        if isinstance(error, CheckpointError):
+            return error
+        free = shutil.disk_usage(root).free
+        previous = list(complete_checkpoints(root).values())
+        needed = _directory_bytes(previous[-1]) if previous else None
+        message = (f"saving iteration {iteration} to {root} failed ({describe(error)}); {free / 1e9:.2f} GB free "
+                   f"on that disk" + (f", a checkpoint takes {needed / 1e9:.2f} GB" if needed else ""))
+        if _is_disk_full(error) or (needed and free < needed):
+            message += (": the disk is full. Free space and relaunch (checkpoint.keep_last=N needs room for N+1 "
+                        "checkpoints); the partial save was removed")
+        if previous:
+            message += f"; {previous[-1]} is intact and will be resumed from"
+        return CheckpointError(message)
 
     # -- load ------------------------------------------------------------------------
     def _load(self, path: Path, with_optimizer: bool, with_rng: bool) -> dict:
@@ -221,10 +376,13 @@ class Checkpointer:
 
         sharded = self._sharded_state(with_optimizer, with_rng, loading=True)
         try:
-            loaded = dist_checkpointing.load(sharded, str(path), sharded_strategy=self._strategies(save=False))
+            with original_errors():
+                loaded = dist_checkpointing.load(sharded, str(path), sharded_strategy=self._strategies(save=False))
+        except CheckpointError:
+            raise
         except Exception as e:  # name the checkpoint; Megatron's messages are deep
             what = "model and optimizer" if with_optimizer else "model"
-            raise CheckpointError(f"could not load the {what} from {path}: {e}") from e
+            raise CheckpointError(f"could not load the {what} from {path}: {describe(e)}") from e
         with torch.no_grad():  # the optimizer copies into views of parameters
             self.model.module.load_state_dict(loaded["model"])
             if with_optimizer:
@@ -237,6 +395,29 @@ class Checkpointer:
             _set_rng_state(loaded["rng_state"])
         return loaded
 
+    def _verify_checksums(self, path: Path, remedy: Callable[[int, Path], str]) -> None:
+        """Every rank checks its share of the files against the manifest."""
+        if not self.recipe.checkpoint.verify_checksums:
+            self.log(f"checksums of {path} not verified (checkpoint.verify_checksums=false)")
+            return
+        manifest = read_manifest(path)
+        if not has_checksums(manifest):
+            self.log(f"{path} records no checksums (saved without them); not verified")
+            return
+        start = time.perf_counter()
+        names = sorted(manifest["files"])[self.layout.rank::self.layout.world_size]
+        try:
+            result = (verify_checksums(path, manifest, names), None)
+        except DamagedCheckpointError as e:
+            result = (0, str(e))
+        results = self._gather(result)
+        errors = [error for _, error in results if error]
+        if errors:
+            raise refuse_damaged(errors[0], path, remedy)
+        total = sum(n for n, _ in results)
+        self.log(f"verified the checksums of {path}: {throughput(total, time.perf_counter() - start)} "
+                 f"(checkpoint.verify_checksums=false skips this)")
+
     def _warn_schedule_changes(self, saved: dict) -> None:
         current = self.scheduler.state_dict()
         changed = [f"{k} {saved[k]} -> {v}" for k, v in current.items() if k != "num_steps" and saved.get(k) != v]
@@ -244,36 +425,76 @@ class Checkpointer:
             self.log("WARNING: the recipe's LR schedule differs from the checkpoint's; the recipe wins: "
                      + ", ".join(changed))
 
-    def load_or_init(self) -> TrainState:
-        from megatron.core.dist_checkpointing import load_common_state_dict
+    def _take_save_directory(self) -> None:
+        """Rank 0 locks checkpoint.save for this run and removes what killed saves left there."""
+        root = Path(self.recipe.checkpoint.save)
 
+        def take() -> None:
+            lock = WriterLock(root, self.log)
+            lock.acquire()
+            removed = remove_incomplete_saves(root)
+            if removed:
+                self.log(f"removed what saves that did not finish left in {root}: {', '.join(removed)}")
+            lock.write_holder()
+
+        self._on_rank0(take)
+
+    def _check_no_other_run_saves_here(self) -> None:
+        """Checkpoints without a manifest (older ones) have no known owner: kept, never pruned."""
+        root = Path(self.recipe.checkpoint.save)
+        others = [p.name for p in complete_checkpoints(root).values() if run_id_of(p) not in (None, self.run_id)]
+        if others:
+            raise CheckpointError(f"checkpoint.save {root} holds checkpoints of another run ({', '.join(others)}); "
+                                  f"this run would mix its checkpoints and tracker with them: choose another "
+                                  f"checkpoint.save")
+
+    def load_or_init(self) -> TrainState:
         c = self.recipe.checkpoint
-        resume_from = c.load or c.save
-        path = find_checkpoint(resume_from) if resume_from else None
-        if path is not None:
-            common = load_common_state_dict(str(path))
-            saved = common.get("layout", {})
-            same_layout = saved.get("tp") == self.layout.tp_size and saved.get("cp") == self.layout.cp_size
-            self._load(path, with_optimizer=True, with_rng=same_layout)
-            self._warn_schedule_changes(common["scheduler"])
-            self.scheduler.load_state_dict(common["scheduler"])
-            state = TrainState(**common["train_state"])
-            self.log(f"resumed from {path}: iteration {state.iteration}, {state.consumed_samples} samples consumed"
-                     + ("" if same_layout else f"; layout changed from {saved} so RNG state was not restored"))
-        elif c.pretrained_checkpoint:
-            path = find_checkpoint(c.pretrained_checkpoint)
-            if path is None:
-                raise CheckpointError(f"checkpoint.pretrained_checkpoint: no checkpoint at {c.pretrained_checkpoint}")
-            if c.pretrained_load_optim and not _has_optimizer_state(path):
-                raise CheckpointError(f"checkpoint.pretrained_load_optim: {path} holds no optimizer state "
-                                      "(e.g. an imported HF model); set checkpoint.pretrained_load_optim=false")
-            self._load(path, with_optimizer=c.pretrained_load_optim, with_rng=False)
-            state = TrainState()
-            self.log(f"initialized from {path} ({'weights and optimizer state' if c.pretrained_load_optim else 'weights only'}); "
-                     "iteration and LR schedule start over")
-        else:
-            state = TrainState()
-            self.log("no checkpoint to resume from and no pretrained_checkpoint: random initialization")
+        if c.save:
+            self._take_save_directory()
+        plan = plan_start(self.recipe)
+        for note in plan.notes:
+            self.log(note)
+        if plan.kind == "resume":
+            self.run_id = run_id_of(plan.path) or self.run_id
+        if c.save:
+            self._check_no_other_run_saves_here()
+        with restricted_unpickling():
+            if plan.kind == "resume":
+                state = self._resume(plan)
+            elif plan.kind == "initialize":
+                if plan.path is None:
+                    raise CheckpointError(f"checkpoint.pretrained_checkpoint: no checkpoint at {c.pretrained_checkpoint}")
+                self._verify_checksums(plan.path, pretrained_remedy)
+                self._load(plan.path, with_optimizer=c.pretrained_load_optim, with_rng=False)
+                state = TrainState()
+                self.log(f"initialized from {plan.path} ({'weights and optimizer state' if c.pretrained_load_optim else 'weights only'}); "
+                         "iteration and LR schedule start over")
+            else:
+                state = TrainState()
+                self.log("no checkpoint to resume from and no pretrained_checkpoint: random initialization")
         # Re-apply the schedule's LR to the param groups (a loaded optimizer brings old ones).
         self.scheduler.step(increment=0)
+        return state
+
+    def _resume(self, plan: StartPlan) -> TrainState:
+        path, common = plan.path, plan.common
+        self._verify_checksums(path, resume_remedy)
+        saved = common.get("layout", {})
+        same_layout = saved.get("tp") == self.layout.tp_size and saved.get("cp") == self.layout.cp_size
+        self._load(path, with_optimizer=True, with_rng=same_layout)
+        self._warn_schedule_changes(common["scheduler"])
+        self.scheduler.load_state_dict(common["scheduler"])
+        state = TrainState(**common["train_state"])
+        self.log(f"resumed from {path}: iteration {state.iteration}, {state.consumed_samples} samples consumed"
+                 + ("" if same_layout else f"; layout changed from {saved} so RNG state was not restored"))
+        newer = [p.name for it, p in complete_checkpoints(path.parent).items() if it > state.iteration]
+        if newer and self.recipe.checkpoint.save and Path(self.recipe.checkpoint.save) == path.parent:
+            self.log(f"{', '.join(newer)} are newer than {path.name}, the checkpoint resumed from; this run replaces "
+                     f"them when it saves at those iterations")
+        t = self.recipe.train
+        if state.iteration >= t.train_iters:
+            self.log(f"this run is complete: {path} is iteration {state.iteration}, train.train_iters is "
+                     f"{t.train_iters}; nothing to train. To train further, relaunch with a larger train.train_iters "
+                     f"(the LR schedule then follows the new length unless scheduler.lr_decay_iters is set)")
         return state

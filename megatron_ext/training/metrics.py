@@ -85,7 +85,10 @@ class MetricLogger:
         if self.recipe.logging.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(self.recipe.logging.tensorboard_dir)
+            try:
+                self.writer = SummaryWriter(self.recipe.logging.tensorboard_dir)
+            except OSError as e:
+                self._tensorboard_failed(e)
         self.peak = peak_tflops(self.recipe, self.device_name)
 
     def start_progress(self, first_iteration: int) -> None:
@@ -147,11 +150,21 @@ class MetricLogger:
             with open(path, "a") as f:
                 f.write(json.dumps({"iteration": iteration, **metrics, **domain_loss}) + "\n")
         if self.writer is not None:
-            for name, value in metrics.items():
-                self.writer.add_scalar(f"train/{name}", value, iteration)
-            for name, value in domain_loss.items():
-                self.writer.add_scalar(f"loss_by_domain/{name}", value, iteration)
-            self.writer.flush()
+            try:
+                for name, value in metrics.items():
+                    self.writer.add_scalar(f"train/{name}", value, iteration)
+                for name, value in domain_loss.items():
+                    self.writer.add_scalar(f"loss_by_domain/{name}", value, iteration)
+                self.writer.flush()
+            except OSError as e:
+                self._tensorboard_failed(e)
+
+    def _tensorboard_failed(self, error: OSError) -> None:
+        # A full disk (TensorBoard often writes under checkpoint.save) must not end the run, nor
+        # stop a relaunch before the checkpoint code can clean up: metrics still go to stdout.
+        self.writer = None
+        self.print(f"WARNING: TensorBoard switched off: writing to {self.recipe.logging.tensorboard_dir} failed "
+                   f"({error})")
 
     def close(self) -> None:
         if self._bar is not None:
