@@ -3,10 +3,25 @@
 ``import_hf_checkpoint`` (HF -> Megatron) and ``export_hf_checkpoint`` (Megatron -> HF) stream
 tensor by tensor; the command-line tools are tools/convert_hf_to_megatron.py and
 tools/convert_megatron_to_hf.py. See docs/convert.md.
+
+The exports are imported on first use: importing this package (e.g. for ``convert.cli``) must
+not load torch, so that the tools answer ``--help`` and refuse bad input at once.
 """
 
-from megatron_ext.convert.errors import ConversionError
-from megatron_ext.convert.hf_to_megatron import ImportResult, import_hf_checkpoint
-from megatron_ext.convert.megatron_to_hf import ExportResult, export_hf_checkpoint
+from importlib import import_module
 
-__all__ = ["ConversionError", "ExportResult", "ImportResult", "export_hf_checkpoint", "import_hf_checkpoint"]
+_EXPORTS = {
+    "ConversionError": "megatron_ext.convert.errors",
+    "ImportResult": "megatron_ext.convert.hf_to_megatron",
+    "import_hf_checkpoint": "megatron_ext.convert.hf_to_megatron",
+    "ExportResult": "megatron_ext.convert.megatron_to_hf",
+    "export_hf_checkpoint": "megatron_ext.convert.megatron_to_hf",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

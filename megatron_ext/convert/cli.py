@@ -1,7 +1,10 @@
 """Command lines of tools/convert_hf_to_megatron.py and tools/convert_megatron_to_hf.py.
 
-Exit codes: 0 = converted; 2 = refused (bad input, existing output): the message says why
-and nothing was written.
+Exit codes: 0 = converted; 2 = refused (bad input, existing output, damaged or crafted
+checkpoint): the message says why and nothing was written.
+
+``--help`` and the checks that need no tensors (paths, config.json, tokenizer, recipe) run
+before torch is imported (~6-10 s): a mistake is answered at once.
 """
 
 from __future__ import annotations
@@ -12,12 +15,11 @@ import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
-import torch
-
 from megatron_ext.config.schema import ModelConfig
 from megatron_ext.convert.errors import ConversionError
+from megatron_ext.training.checkpoint_files import CheckpointError
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = ("bfloat16", "float16", "float32")
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -35,15 +37,23 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB)") from None
 
 
-def _run(action: Callable[[], str]) -> int:
-    # Megatron-Core warns at import that TE/Apex are absent (no kernels are needed here), and
-    # DCP that it runs in a single process (it does, on purpose).
-    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _run(check: Callable[[], None], action: Callable[[], str]) -> int:
+    """``check`` (cheap, before torch is imported), then ``action``; refusals exit 2."""
     try:
+        check()
+        # Megatron-Core warns at import that TE/Apex are absent (no kernels are needed here), and
+        # DCP that it runs in a single process (it does, on purpose).
+        warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         print(action())
         return 0
-    except ConversionError as e:
+    except (ConversionError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -64,17 +74,26 @@ def import_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    def check() -> None:
+        from megatron_ext.convert.hf_config import architecture_from_hf_config, read_config_json
+        from megatron_ext.convert.output_dir import check_output_dir
+
+        check_output_dir(args.output, args.hf_dir, args.overwrite)
+        architecture_from_hf_config(read_config_json(args.hf_dir), args.make_vocab_size_divisible_by,
+                                    where=str(args.hf_dir / "config.json"))
+
     def action() -> str:
         from megatron_ext.convert.hf_to_megatron import MODEL_YAML, import_hf_checkpoint
 
-        result = import_hf_checkpoint(args.hf_dir, args.output, dtype=DTYPES.get(args.dtype),
+        dtype = None if args.dtype == "auto" else _torch_dtype(args.dtype)
+        result = import_hf_checkpoint(args.hf_dir, args.output, dtype=dtype,
                                       make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
                                       overwrite=args.overwrite, progress=not args.no_progress)
         return (f"wrote {result.output} ({result.num_bytes / 2**20:,.1f} MiB, {str(result.dtype)[6:]})\n"
                 f"use it with checkpoint.pretrained_checkpoint={result.output}; "
                 f"the recipe's model section must match {result.output / MODEL_YAML}")
 
-    return _run(action)
+    return _run(check, action)
 
 
 def export_main(argv: Optional[List[str]] = None) -> int:
@@ -99,23 +118,36 @@ def export_main(argv: Optional[List[str]] = None) -> int:
                         help="override applied to --recipe (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-verify-checksums", action="store_true",
+                        help="do not verify the checkpoint files' CRC-32s (they are read once more, ~1 GB/s)")
     args = parser.parse_args(argv)
+    model = []
+
+    def check() -> None:
+        from megatron_ext.convert.hf_assets import read_hf_assets
+        from megatron_ext.convert.locate import locate_checkpoint
+        from megatron_ext.convert.output_dir import check_output_dir
+
+        check_output_dir(args.output, args.checkpoint, args.overwrite)
+        locate_checkpoint(args.checkpoint)
+        read_hf_assets(args.tokenizer)
+        model.append(_recipe_model(args.recipe, args.recipe_override) if args.recipe else None)
 
     def action() -> str:
         from megatron_ext.convert.megatron_to_hf import export_hf_checkpoint
 
-        model = _recipe_model(args.recipe, args.recipe_override) if args.recipe else None
-        result = export_hf_checkpoint(args.checkpoint, args.output, args.tokenizer, dtype=DTYPES[args.dtype],
-                                      model=model, max_position_embeddings=args.max_position_embeddings,
+        result = export_hf_checkpoint(args.checkpoint, args.output, args.tokenizer, dtype=_torch_dtype(args.dtype),
+                                      model=model[0], max_position_embeddings=args.max_position_embeddings,
                                       max_shard_bytes=args.max_shard_size, overwrite=args.overwrite,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, verify_checksums=not args.no_verify_checksums)
         a = result.architecture
         rope = f"rope_theta {a.rope_theta:g}" + (f", llama3 scaling x{a.rope_scaling_factor:g}"
                                                  if a.rope_scaling_factor else "")
         return (f"wrote {result.output} from {result.checkpoint}: {len(result.shards)} shard(s), "
-                f"{str(result.dtype)[6:]}, {rope}, max_position_embeddings {a.max_position_embeddings}")
+                f"{str(result.dtype)[6:]}, {rope}, max_position_embeddings {a.max_position_embeddings}; "
+                f"{result.checksums}")
 
-    return _run(action)
+    return _run(check, action)
 
 
 def _recipe_model(path: Path, overrides: List[str]):

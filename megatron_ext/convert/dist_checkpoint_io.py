@@ -20,7 +20,6 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
@@ -41,6 +40,15 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from megatron_ext.convert.errors import ConversionError
+from megatron_ext.training.checkpoint_files import CheckpointError
+from megatron_ext.training.checkpoint_manifest import (
+    checksum_files,
+    data_files,
+    has_checksums,
+    verify_checksums,
+    write_manifest,
+)
+from megatron_ext.training.safe_load import describe, original_errors, read_checked, restricted_unpickling
 
 BACKEND = {"sharded_backend": "torch_dist", "sharded_backend_version": 1}
 
@@ -50,17 +58,6 @@ def sharded_object_key(key: str, index: int = 0, count: int = 1) -> str:
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     return ShardedObject(key, None, (count,), (index,)).unique_key
-
-
-@contextmanager
-def _original_errors() -> Iterator[None]:
-    """DCP wraps an error of any planner or storage step in CheckpointException (a
-    BaseException); raise the error itself, so that e.g. a ConversionError stays one."""
-    try:
-        yield
-    except CheckpointException as e:
-        (error, _), *_ = e.failures.values()
-        raise error from None
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -110,33 +107,34 @@ class _LazySavePlanner(DefaultSavePlanner):
 
 
 def write_dist_checkpoint(directory: Path, chunks: Sequence[LazyChunk], objects: Dict[str, object],
-                          on_written: Optional[Callable[[int], None]] = None) -> None:
+                          on_written: Optional[Callable[[int], None]] = None, written_by: str = "conversion") -> None:
     """Write a torch_dist checkpoint; ``objects`` maps DCP names to picklable values.
 
     DCP checks that the chunks tile every tensor exactly. ``metadata.json``, which Megatron
-    requires to call a directory a checkpoint, is written last.
+    requires to call a directory a checkpoint, is written after the data, then the manifest
+    (sizes and checksums, as training writes them).
     """
     directory = Path(directory)
     # One thread and no copy-ahead: DCP's serial loader asks for one chunk at a time (and never
     # touches CUDA, even on a GPU host).
     writer = FileSystemWriter(directory, single_file_per_rank=True, sync_files=True, thread_count=1,
                               per_thread_copy_ahead=0)
-    with _original_errors():
+    with original_errors():
         dcp.save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, objects, on_written), no_dist=True)
     (directory / "metadata.json").write_text(json.dumps(BACKEND))
+    write_manifest(directory, checksum_files(directory, data_files(directory)), run_id=None, iteration=None,
+                   written_by=written_by)
 
 
 # -- reading ---------------------------------------------------------------------------------
 class _MetadataOnceReader(FileSystemReader):
-    """Parses ``.metadata`` once instead of at every region read."""
+    """Hands DCP the ``.metadata`` that was read (restricted unpickling) and checked once."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, metadata: Metadata):
         super().__init__(path)
-        self._metadata: Optional[Metadata] = None
+        self._metadata = metadata
 
     def read_metadata(self, *args, **kwargs) -> Metadata:
-        if self._metadata is None:
-            self._metadata = super().read_metadata(*args, **kwargs)
         return self._metadata
 
 
@@ -177,8 +175,22 @@ class _RegionLoadPlanner(LoadPlanner):
         pass
 
 
+@contextmanager
+def _as_conversion_errors() -> Iterator[None]:
+    """The training side's checkpoint refusals, as the conversion tools' error type."""
+    try:
+        yield
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from None
+
+
 class DistCheckpointReader:
-    """Global tensors (or single layers of stacked ones) of a torch_dist checkpoint directory."""
+    """Global tensors (or single layers of stacked ones) of a torch_dist checkpoint directory.
+
+    Opening it checks that every file is there in full (manifest sizes, ``.metadata``'s byte
+    ranges) and reads ``.metadata`` with the restricted unpickler; ``verify_checksums`` reads
+    every file once more.
+    """
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -190,8 +202,16 @@ class DistCheckpointReader:
         if backend.get("sharded_backend") != "torch_dist":
             raise ConversionError(f"{marker}: backend {backend.get('sharded_backend')!r} is not supported "
                                   f"(only torch_dist, Megatron's default)")
-        self._storage = _MetadataOnceReader(self.directory)
-        self.metadata = self._storage.read_metadata()
+        with _as_conversion_errors():
+            self.manifest, self.metadata = read_checked(self.directory)
+        self._storage = _MetadataOnceReader(self.directory, self.metadata)
+
+    def verify_checksums(self) -> Optional[int]:
+        """Bytes verified against the manifest's CRC-32s; None if it records none."""
+        if not has_checksums(self.manifest):
+            return None
+        with _as_conversion_errors():
+            return verify_checksums(self.directory, self.manifest, sorted(self.manifest["files"]))
 
     def tensor_shapes(self) -> Dict[str, Tuple[int, ...]]:
         return {key: tuple(md.size) for key, md in self.metadata.state_dict_metadata.items()
@@ -204,8 +224,11 @@ class DistCheckpointReader:
         dest = torch.empty((1, *shape[1:]) if layer is not None else shape, dtype=md.properties.dtype)
         offsets = (layer,) + (0,) * (len(shape) - 1) if layer is not None else (0,) * len(shape)
         planner = _RegionLoadPlanner(key, dest, offsets)
-        with _original_errors():
-            dcp.load({}, storage_reader=self._storage, planner=planner, no_dist=True)
+        try:
+            with original_errors():
+                dcp.load({}, storage_reader=self._storage, planner=planner, no_dist=True)
+        except Exception as e:  # e.g. a damaged shard without a manifest: name the tensor
+            raise ConversionError(f"{self.directory}: could not read {key} ({describe(e)})") from None
         if planner.elements_read != dest.numel():
             raise ConversionError(f"{self.directory}: the checkpoint's chunks of {key} cover "
                                   f"{planner.elements_read} of the {dest.numel()} values requested")
@@ -215,4 +238,5 @@ class DistCheckpointReader:
         """Megatron's common (non-tensor) state: for training checkpoints, the recipe and more."""
         from megatron.core.dist_checkpointing import load_common_state_dict
 
-        return load_common_state_dict(str(self.directory))
+        with _as_conversion_errors(), restricted_unpickling(), original_errors():
+            return load_common_state_dict(str(self.directory))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional, Tuple
-
-import torch
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from megatron_ext.convert.architecture import (
     LLAMA3_HIGH_FREQ_FACTOR,
@@ -21,6 +19,9 @@ from megatron_ext.convert.architecture import (
     LlamaArchitecture,
 )
 from megatron_ext.convert.errors import ConversionError
+
+if TYPE_CHECKING:  # torch is imported only where tensors are handled: the tools answer fast
+    import torch
 
 # transformers' LlamaConfig defaults for keys a config.json may leave out.
 _HF_DEFAULTS = {"rms_norm_eps": 1e-6, "max_position_embeddings": 2048, "rope_theta": 10000.0,

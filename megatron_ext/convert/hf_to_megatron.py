@@ -33,9 +33,8 @@ from megatron_ext.convert.tensor_map import (
     conversion_order,
     hf_tensor_shapes,
 )
+from megatron_ext.training.recipe_changes import IMPORT_RECORD
 
-# Key of the import record in the checkpoint's common state (export reads the model from it).
-IMPORT_RECORD = "hf_import"
 MODEL_YAML = "model.yaml"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -127,7 +126,8 @@ def import_hf_checkpoint(hf_dir: Path, output: Path, dtype: Optional[torch.dtype
     total = sum(torch.Size(c.sizes).numel() for c in chunks) * torch.empty((), dtype=dtype).element_size()
     with staged_output_dir(output) as staging, \
             tqdm(total=total, unit="B", unit_scale=True, desc="import", disable=not progress) as bar:
-        write_dist_checkpoint(staging, chunks, objects, on_written=bar.update)
+        write_dist_checkpoint(staging, chunks, objects, on_written=bar.update,
+                              written_by="tools/convert_hf_to_megatron.py")
         comment = (f"Recipe model section of {hf_dir.resolve()} (tools/convert_hf_to_megatron.py).\n"
                    f"rotary_base and max_position_embeddings are the HF model's; stage recipes set their own.")
         (staging / MODEL_YAML).write_text(model_yaml(model, comment))

@@ -9,12 +9,12 @@ scaling and ``max_position_embeddings`` come from the recipe stored in the check
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import torch
-import yaml
 from tqdm import tqdm
 
 from megatron_ext.config.schema import ModelConfig
@@ -23,10 +23,12 @@ from megatron_ext.convert.dist_checkpoint_io import DistCheckpointReader
 from megatron_ext.convert.errors import ConversionError, summarize
 from megatron_ext.convert.hf_assets import read_hf_assets, write_hf_assets
 from megatron_ext.convert.hf_config import hf_config_from_architecture
-from megatron_ext.convert.hf_to_megatron import IMPORT_RECORD
+from megatron_ext.convert.locate import locate_checkpoint
 from megatron_ext.convert.output_dir import check_output_dir, staged_output_dir
 from megatron_ext.convert.safetensors_io import TensorSpec, write_sharded_safetensors
 from megatron_ext.convert.tensor_map import conversion_order, hf_tensor_shapes, megatron_tensor_shapes
+from megatron_ext.training.checkpoint_manifest import throughput
+from megatron_ext.training.recipe_changes import saved_model_section
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 # Checkpoint entries that are not model weights.
@@ -40,29 +42,16 @@ class ExportResult:
     architecture: LlamaArchitecture
     dtype: torch.dtype
     shards: List[str]
-
-
-def locate_checkpoint(path: Path) -> Path:
-    """The iteration directory of a training run's save directory, or ``path`` itself."""
-    from megatron_ext.training.checkpoint import CheckpointError, find_checkpoint
-
-    try:
-        found = find_checkpoint(path)
-    except CheckpointError as e:
-        raise ConversionError(str(e)) from None
-    if found is None:
-        raise ConversionError(f"{path}: no Megatron checkpoint (neither metadata.json nor "
-                              f"latest_checkpointed_iteration.txt)")
-    return found
+    # What the checksum verification did, for the report ("verified 52 MB in ...").
+    checksums: str
 
 
 def model_config_from_checkpoint(common: dict, where: Path) -> ModelConfig:
     """The model a training checkpoint was trained as (its recipe), or an import's record."""
-    if "recipe" in common:
-        return model_config_from_dict(yaml.safe_load(common["recipe"]).get("model", {}), f"{where} (stored recipe)")
-    if IMPORT_RECORD in common:
-        return model_config_from_dict(common[IMPORT_RECORD]["model"], f"{where} (import record)")
-    raise ConversionError(f"{where}: the checkpoint stores no recipe; pass the recipe it was trained with (--recipe)")
+    model = saved_model_section(common)
+    if model is None:
+        raise ConversionError(f"{where}: the checkpoint stores no recipe; pass the recipe it was trained with (--recipe)")
+    return model_config_from_dict(model, f"{where} (stored model section)")
 
 
 def check_megatron_tensors(reader: DistCheckpointReader, arch: LlamaArchitecture) -> None:
@@ -90,10 +79,22 @@ def _hf_tensors(reader: DistCheckpointReader, arch: LlamaArchitecture,
             yield name, part.to(dtype)
 
 
-def _check_with_transformers(directory: Path, arch: LlamaArchitecture) -> None:
-    """Load config and tokenizer the way users will, and compare what matters."""
+def _check_tokenizer_fits(directory: Path, arch: LlamaArchitecture) -> None:
+    """Before anything is written: a tokenizer with more tokens than the model is another model's."""
     try:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
+    except ImportError:
+        return
+    tokens = len(AutoTokenizer.from_pretrained(directory))
+    if tokens > arch.vocab_size:
+        raise ConversionError(f"the tokenizer has {tokens} tokens but the model only {arch.vocab_size}: "
+                              f"--tokenizer must be the tokenizer of this model")
+
+
+def _check_config_with_transformers(directory: Path, arch: LlamaArchitecture) -> None:
+    """Load the written config the way users will, and compare what matters."""
+    try:
+        from transformers import AutoConfig
     except ImportError:
         return
     config = AutoConfig.from_pretrained(directory)
@@ -105,17 +106,24 @@ def _check_with_transformers(directory: Path, arch: LlamaArchitecture) -> None:
               "max_position_embeddings": arch.max_position_embeddings, "vocab_size": arch.vocab_size}
     if seen != wanted:
         raise ConversionError(f"transformers reads the exported config as {seen}, expected {wanted}")
-    tokens = len(AutoTokenizer.from_pretrained(directory))
-    if tokens > arch.vocab_size:
-        raise ConversionError(f"the tokenizer has {tokens} tokens but the model only {arch.vocab_size}: "
-                              f"--tokenizer must be the tokenizer of this model")
+
+
+def _verify(reader: DistCheckpointReader, verify_checksums: bool) -> str:
+    if not verify_checksums:
+        return "checksums not verified (--no-verify-checksums)"
+    start = time.perf_counter()
+    verified = reader.verify_checksums()
+    if verified is None:
+        return "the checkpoint records no checksums"
+    return f"verified checksums of {throughput(verified, time.perf_counter() - start)}"
 
 
 def export_hf_checkpoint(checkpoint: Path, output: Path, tokenizer_dir: Path, dtype: torch.dtype = torch.bfloat16,
                          model: Optional[ModelConfig] = None, max_position_embeddings: Optional[int] = None,
                          max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False,
-                         progress: bool = True) -> ExportResult:
-    """``model`` overrides the model config stored in the checkpoint (needed when it has none)."""
+                         progress: bool = True, verify_checksums: bool = True) -> ExportResult:
+    """``model`` overrides the model config stored in the checkpoint (needed when it has none).
+    Every check of the input runs before anything is written."""
     checkpoint, output = Path(checkpoint), Path(output)
     check_output_dir(output, checkpoint, overwrite)
     path = locate_checkpoint(checkpoint)
@@ -125,6 +133,8 @@ def export_hf_checkpoint(checkpoint: Path, output: Path, tokenizer_dir: Path, dt
         arch = replace(arch, max_position_embeddings=max_position_embeddings)
     check_megatron_tensors(reader, arch)
     assets = read_hf_assets(tokenizer_dir)
+    _check_tokenizer_fits(assets.directory, arch)
+    checksums = _verify(reader, verify_checksums)
     specs = [TensorSpec(name, shape, dtype) for name, shape in hf_tensor_shapes(arch).items()]
     with staged_output_dir(output) as staging, \
             tqdm(total=sum(s.nbytes for s in specs), unit="B", unit_scale=True, desc="export",
@@ -134,5 +144,6 @@ def export_hf_checkpoint(checkpoint: Path, output: Path, tokenizer_dir: Path, dt
         config = hf_config_from_architecture(arch, dtype, assets.token_ids)
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         write_hf_assets(assets, staging)
-        _check_with_transformers(staging, arch)
-    return ExportResult(output=output.resolve(), checkpoint=path, architecture=arch, dtype=dtype, shards=shards)
+        _check_config_with_transformers(staging, arch)
+    return ExportResult(output=output.resolve(), checkpoint=path, architecture=arch, dtype=dtype, shards=shards,
+                        checksums=checksums)

@@ -1,6 +1,8 @@
 """Bad input gets a clear message (exit code 2) and never leaves or destroys anything."""
 
 import json
+import os
+import pickle
 import shutil
 
 import pytest
@@ -129,3 +131,116 @@ def test_export_takes_context_length_override(capsys, hf_models, imported, tmp_p
     assert code == 0
     assert json.loads((tmp_path / "out/config.json").read_text())["max_position_embeddings"] == 65536
 
+
+
+# -- damaged, crafted and foreign Megatron checkpoints ------------------------------------
+@pytest.fixture
+def megatron_copy(imported, tmp_path):
+    """A writable copy of the imported Llama-3-like checkpoint (its manifest included)."""
+    return shutil.copytree(imported["llama3"][0], tmp_path / "megatron")
+
+
+def _flip_bits(path):
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        data = f.read(64)
+        f.seek(-64, 1)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+@pytest.mark.parametrize("manifest", [True, False], ids=["with-manifest", "without-manifest"])
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: (c / "__0_0.distcp").unlink(), "__0_0.distcp is missing"),
+    (lambda c: os.truncate(c / "__0_0.distcp", 1000), "__0_0.distcp "),
+    (lambda c: (c / ".metadata").unlink(), ".metadata is missing"),
+], ids=["missing-shard", "truncated-shard", "missing-metadata"])
+def test_damaged_checkpoints_are_refused_in_one_line(capsys, hf_models, megatron_copy, tmp_path, damage, message,
+                                                     manifest):
+    if not manifest:
+        (megatron_copy / "manifest.json").unlink()
+    damage(megatron_copy)
+    code, err = _export(capsys, megatron_copy, tmp_path / "out", "--tokenizer", hf_models["llama3"])
+    assert code == 2 and err.count("\n") == 1 and f"{megatron_copy}/{message}" in err, err
+    assert not (tmp_path / "out").exists() and not _leftovers(tmp_path / "out")
+
+
+def test_flipped_bits_are_refused_unless_verification_is_skipped(capsys, hf_models, megatron_copy, tmp_path):
+    _flip_bits(megatron_copy / "__0_0.distcp")
+    code, err = _export(capsys, megatron_copy, tmp_path / "out", "--tokenizer", hf_models["llama3"])
+    assert code == 2 and f"{megatron_copy}/__0_0.distcp: checksum mismatch" in err
+    code = cli.export_main([str(megatron_copy), str(tmp_path / "out"), "--tokenizer", str(hf_models["llama3"]),
+                            "--no-progress", "--no-verify-checksums"])
+    assert code == 0 and "checksums not verified (--no-verify-checksums)" in capsys.readouterr().out
+
+
+class _RunsShell:
+    """Unpickling this runs a shell command: what a crafted checkpoint carries."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_crafted_checkpoints_run_no_code(capsys, hf_models, megatron_copy, tmp_path):
+    from megatron_ext.convert.dist_checkpoint_io import sharded_object_key, write_dist_checkpoint
+
+    marker = tmp_path / "pwned"
+    (megatron_copy / "manifest.json").unlink()
+    (megatron_copy / ".metadata").write_bytes(pickle.dumps(_RunsShell(f"touch {marker}")))
+    code, err = _export(capsys, megatron_copy, tmp_path / "a", "--tokenizer", hf_models["llama3"])
+    assert code == 2 and f"{megatron_copy}/.metadata: refused to unpickle posix.system" in err
+    crafted = tmp_path / "crafted"
+    crafted.mkdir()
+    write_dist_checkpoint(crafted, [], {sharded_object_key("common_state"): _RunsShell(f"touch {marker}")})
+    code, err = _export(capsys, crafted, tmp_path / "b", "--tokenizer", hf_models["llama3"])
+    assert code == 2 and "stored object common_state" in err and "refused to unpickle posix.system" in err
+    assert not marker.exists()
+
+
+def test_a_foreign_tokenizer_is_refused_before_anything_is_written(capsys, hf_models, imported, tmp_path,
+                                                                   monkeypatch):
+    from megatron_ext.convert import megatron_to_hf
+
+    def staging(output):
+        raise AssertionError("the tokenizer must be checked before the output is staged")
+
+    monkeypatch.setattr(megatron_to_hf, "staged_output_dir", staging)
+    code, err = _export(capsys, imported["tied"][0], tmp_path / "out", "--tokenizer", hf_models["llama3"])
+    assert code == 2 and "the tokenizer has 512 tokens but the model only 256" in err
+
+
+def test_staging_directories_of_dead_conversions_are_removed(capsys, hf_copy, tmp_path):
+    import subprocess
+    import sys
+
+    from megatron_ext.processes import this_host
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        stale = [tmp_path / f".out.incomplete-{this_host()}-{gone.pid}", tmp_path / f".out.incomplete-{gone.pid}"]
+        kept = [tmp_path / f".out.incomplete-{this_host()}-{running.pid}",
+                tmp_path / f".out.replaced-other-node-{gone.pid}"]  # another host's: cannot be checked
+        for path in stale + kept:
+            path.mkdir()
+        assert _import(capsys, hf_copy, tmp_path / "out")[0] == 0
+        assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    finally:
+        running.kill()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["/no/such/checkpoint", "/tmp/out", "--tokenizer", "/no/tokenizer"]],
+                         ids=["help", "bad-input"])
+def test_the_tools_answer_before_importing_torch(args, python_env):
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom megatron_ext.convert import cli\ntry:\n    code = cli.export_main(sys.argv[1:])\n"
+              "except SystemExit as e:\n    code = e.code\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+              "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", script, *args], env=python_env, capture_output=True, text=True,
+                          cwd=REPO)
+    assert done.returncode == (0 if args == ["--help"] else 2), done.stderr
