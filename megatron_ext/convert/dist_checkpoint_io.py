@@ -238,5 +238,10 @@ class DistCheckpointReader:
         """Megatron's common (non-tensor) state: for training checkpoints, the recipe and more."""
         from megatron.core.dist_checkpointing import load_common_state_dict
 
-        with _as_conversion_errors(), restricted_unpickling(), original_errors():
-            return load_common_state_dict(str(self.directory))
+        try:
+            with _as_conversion_errors(), restricted_unpickling(), original_errors():
+                return load_common_state_dict(str(self.directory))
+        except ConversionError:
+            raise
+        except Exception as e:  # e.g. garbage where the common state is stored
+            raise ConversionError(f"{self.directory}: could not read its common state ({describe(e)})") from None

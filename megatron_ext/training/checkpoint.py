@@ -104,6 +104,10 @@ def _checked_common_state(path: Path, remedy: Callable[[int, Path], str]) -> tup
             common = load_common_state_dict(str(path))
     except DamagedCheckpointError as e:
         raise refuse_damaged(str(e), path, remedy) from None
+    except CheckpointError:
+        raise
+    except Exception as e:  # e.g. garbage where the common state is stored
+        raise refuse_damaged(f"{path}: could not read its common state ({describe(e)})", path, remedy) from None
     return common, set(metadata.state_dict_metadata)
 
 

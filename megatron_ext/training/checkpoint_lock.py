@@ -90,8 +90,12 @@ class WriterLock:
         self._stop = threading.Event()
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._create():
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = self._create()
+        except OSError as e:
+            raise CheckpointError(f"checkpoint.save: cannot create {self.path} ({e})") from None
+        if created:
             return self._hold()
         holder, age = _read(self.path), self._age()
         reason = stale_reason(holder, age, self.me)

@@ -99,11 +99,17 @@ def load_object(buffer: io.BytesIO, where: str):
     try:
         with torch.serialization.safe_globals(_OBJECT_GLOBALS):
             return torch.load(buffer, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
+    except Exception as e:
         buffer.seek(0)
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(buffer)
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(buffer)
+        except Exception:
+            unsafe = []
         allowed = {f"{m}.{n}" for m, n in map(_qualified, _OBJECT_GLOBALS)}
-        raise _refusal(where, ", ".join(g for g in unsafe if g not in allowed) or "an unsupported object") from None
+        unsafe = [name for name in unsafe if name not in allowed]
+        if unsafe:
+            raise _refusal(where, ", ".join(unsafe)) from None
+        raise DamagedCheckpointError(f"{where}: unreadable ({describe(e)})") from None
 
 
 def _read_metadata(self: FileSystemReader, *args, **kwargs) -> dcp_metadata.Metadata:

@@ -189,3 +189,8 @@ def test_restricted_unpicklers_refuse_code_and_accept_checkpoint_content(tmp_pat
     torch.save([{"numpy": np.random.get_state(), "torch": torch.get_rng_state(), "dtype": torch.bfloat16}], buffer)
     buffer.seek(0)
     assert load_object(buffer, "rng")[0]["dtype"] is torch.bfloat16
+    # Damage is damage, not an attack: said so.
+    data = bytearray(buffer.getvalue())
+    data[100:164] = bytes(b ^ 0xFF for b in data[100:164])
+    with pytest.raises(DamagedCheckpointError, match="^rng: unreadable"):
+        load_object(io.BytesIO(bytes(data)), "rng")
