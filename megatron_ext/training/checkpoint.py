@@ -330,10 +330,9 @@ class Checkpointer:
         seconds = time.perf_counter() - start
         if self.layout.rank == 0:
             write_manifest(tmp, files, self.run_id, iteration, written_by="training")
-        total = sum(entry["bytes"] for entry in files.values())
         if not with_crc:
             return "no checksums: checkpoint.verify_checksums=false"
-        return f"checksums of {throughput(total, seconds)}"
+        return f"checksums of {throughput(sum(entry['bytes'] for entry in files.values()), seconds)}"
 
     def _publish(self, root: Path, tmp: Path, final: Path, iteration: int) -> None:
         if final.exists():  # re-saving an iteration of this run (after a resume from an earlier one)

@@ -118,8 +118,7 @@ class WriterLock:
     def release(self) -> None:
         self._stop.set()
         current = _read(self.path)
-        mine = current.token == self.me.token if current else self.unwritten and self.path.stat().st_size == 0
-        if mine:
+        if current.token == self.me.token if current else self.unwritten and _is_empty(self.path):
             self.path.unlink(missing_ok=True)
 
     def write_holder(self) -> None:
@@ -166,6 +165,13 @@ class WriterLock:
                 os.utime(self.path)
             except OSError:
                 pass  # a full or flaky file system must not stop training; a lost lock shows at the next launch
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return False
 
 
 def lock_holder(directory: Path) -> Optional[str]:

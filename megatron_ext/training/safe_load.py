@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import collections
 import io
-import pathlib
 import pickle
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PosixPath, WindowsPath
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
@@ -32,10 +31,10 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint import filesystem as dcp_filesystem
 from torch.distributed.checkpoint import metadata as dcp_metadata
-from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint import planner as dcp_planner
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from megatron_ext.training.checkpoint_files import CheckpointError, DamagedCheckpointError
 from megatron_ext.training.checkpoint_manifest import check_sizes, read_manifest
@@ -57,7 +56,7 @@ _METADATA_CLASSES = {_qualified(c) for c in (
     dcp_metadata.StorageMeta, dcp_metadata._MEM_FORMAT_ENCODING, dcp_filesystem._StorageInfo,
     dcp_planner.SavePlan, dcp_planner.WriteItem, dcp_planner.WriteItemType, dcp_planner.TensorWriteData,
     torch.Size, torch.serialization._get_layout, collections.OrderedDict,
-    pathlib.PosixPath, pathlib.WindowsPath)}  # StorageMeta.checkpoint_id of a writer given a Path
+    PosixPath, WindowsPath)}  # StorageMeta.checkpoint_id of a writer given a Path
 
 # NumPy's RNG state (an ndarray of uint32) as pickled by NumPy's own reducer.
 _OBJECT_GLOBALS = [np.ndarray, np.dtype, np.zeros(1).__reduce__()[0], type(np.dtype(np.uint32))]
