@@ -223,9 +223,9 @@ def test_requeue_cap_then_fail(cluster, jobs):
 
 
 def test_crash_is_not_requeued(cluster, jobs):
-    log = finished_training(cluster, jobs["crash"], "FAILED", "1:0", restarts=0)
-    assert "expected an iteration number, found 'garbage'" in log
-    assert "training failed (exit 1): not requeued" in log
+    log = finished_training(cluster, jobs["crash"], "FAILED", "2:0", restarts=0)
+    assert "expected an iteration number, found 'garbage'" in log  # refused in one line, exit 2
+    assert "training failed (exit 2): not requeued" in log
 
 
 def test_pipeline_trains_every_stage_for_real(cluster, jobs):
