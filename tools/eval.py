@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="HF checkpoint directory (config.json, weights, tokenizer)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--lengths", default="4K,8K,16K,32K", help="comma-separated context lengths, e.g. 8K,16K,128K (default %(default)s)")
+    p.add_argument("--lengths", default="4K,8K,16K,32K", help="comma-separated context lengths, e.g. 8K,16K,128K (default %(default)s); 'none': only --loss-data")
     p.add_argument("--tasks", help=f"comma-separated recall tasks (default: all offline ones: {','.join(DEFAULT_TASKS)})")
     p.add_argument("--limit", type=int, default=100, help="at most this many documents per task and length (default %(default)s, as HELMET; 0: all, RULER has 500)")
     p.add_argument("--samples", type=int, default=DataSettings.num_samples, help="documents generated per local task and length (default %(default)s)")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvalConfig(
             checkpoint=args.checkpoint,
             out_dir=args.out,
-            lengths=[parse_length(x) for x in parse_list(args.lengths)],
+            lengths=[] if args.lengths.strip().lower() == "none" else [parse_length(x) for x in parse_list(args.lengths)],
             tasks=parse_list(args.tasks) if args.tasks else None,
             limit=args.limit or None,
             data=DataSettings(num_samples=args.samples, depths=tuple(float(d) for d in parse_list(args.depths)), seed=args.seed, haystack=args.haystack),

@@ -99,8 +99,11 @@ def prepare_output(cfg: EvalConfig, out: Path, model_info: dict, settings: dict)
 def run_eval(cfg: EvalConfig) -> EvalRun:
     info = inspect_checkpoint(cfg.checkpoint, cfg.tokenizer)
     lengths = sorted(set(cfg.lengths))
-    check_lengths(lengths, info.max_position_embeddings, cfg.allow_beyond_max_position)
-    if lengths[0] < MIN_LENGTH:
+    if not lengths and not cfg.loss_data:
+        raise CheckpointError("nothing to evaluate: no --lengths and no --loss-data")
+    if lengths:
+        check_lengths(lengths, info.max_position_embeddings, cfg.allow_beyond_max_position)
+    if lengths and lengths[0] < MIN_LENGTH:
         raise CheckpointError(f"length {lengths[0]} is too short: below {MIN_LENGTH} tokens the prompts leave no room for a haystack")
     backend = resolve_backend(cfg.backend)
     if cfg.helmet_data not in ("local", "official"):
@@ -124,7 +127,7 @@ def run_eval(cfg: EvalConfig) -> EvalRun:
     }
     out = Path(cfg.out_dir)
     run = prepare_output(cfg, out, info.as_dict(), settings)
-    tasks = plan_tasks(cfg, backend, run)
+    tasks = plan_tasks(cfg, backend, run) if lengths else []
     loss_docs = read_loss_data(cfg)  # before loading the model: a bad file should fail fast
 
     task_manager = None
@@ -154,7 +157,8 @@ def run_eval(cfg: EvalConfig) -> EvalRun:
     if backend == "lm-eval":
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=max(lengths) + max(LENGTH_MARGIN, max(lengths) // 32))
+        longest = max(lengths, default=4096)  # loss-only runs may still run short tasks
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=longest + max(LENGTH_MARGIN, longest // 32))
 
     for length in lengths:
         todo = [t for t in tasks if length not in run.scores.get(t, {})]

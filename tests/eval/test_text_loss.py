@@ -67,3 +67,20 @@ def test_eval_tool_reports_loss(tiny_llama, tmp_path):
     run = EvalRun.load(out)
     assert set(run.text_loss) == {"held_out"} and run.text_loss["held_out"]["documents"] == len(DOCS)
     assert "Held-out text loss" in (out / "results.md").read_text()
+
+
+def test_loss_only_evaluation(tiny_llama, tmp_path):
+    from eval_helpers import load_tool
+
+    from megatron_ext.eval.results import EvalRun
+
+    held = tmp_path / "held_out.jsonl"
+    held.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    out = tmp_path / "out"
+    tool = load_tool("eval")
+    assert tool.main([str(tiny_llama), "--out", str(out), "--lengths", "none", "--device", "cpu", "--backend", "native",
+                      "--short-tasks", "none", "--loss-data", str(held)]) == 0
+    run = EvalRun.load(out)
+    assert run.scores == {} and run.text_loss["held_out"]["documents"] == len(DOCS)
+    assert tool.main([str(tiny_llama), "--out", str(tmp_path / "none"), "--lengths", "none", "--device", "cpu",
+                      "--backend", "native", "--short-tasks", "none"]) == 2

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "tests" / "eval"))
 
 import corpus  # noqa: E402
 
-RUNS = ("main", "theta_unchanged", "long_only", "no_doc_masking")
+RUNS = ("main", "theta_unchanged", "long_only", "no_doc_masking", "main_32k")
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 WORDS = ("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river mountain forest city "
          "garden window letter number market winter summer silver golden quiet sudden").split()
@@ -91,6 +91,8 @@ def fake_python(root: Path) -> tuple[Path, Path]:
         (site / package / "__init__.py").write_text(f'"""{_prose(3, 300)}"""\n')
         (sub / "__init__.py").write_text(f'"""{_prose(4, 500)}"""\n')
         (sub / "compiled.so").write_bytes(b"\x7fELF")
+        (site / package / "include").mkdir()
+        (site / package / "include" / "vendored.h").write_text("/* a copy of another project */\n")
     dist = site / "othertool-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: othertool\n\n{_prose(6, 200)}\n")
@@ -115,7 +117,8 @@ def test_every_recipe_composes_and_differs_from_main_in_one_thing():
     recipes = {r: OmegaConf.to_container(OmegaConf.structured(load_recipe(REPO / f"recipes/miniature/{r}.yaml",
                                                                           world_size=2))) for r in RUNS}
     main = recipes["main"]
-    assert main["model"]["rotary_base"] == 2.0e6 and main["train"]["seq_length"] == 32768
+    assert main["model"]["rotary_base"] == 8.0e6 and main["train"]["seq_length"] == 65536
+    assert recipes["main_32k"]["model"]["rotary_base"] == 2.0e6 and recipes["main_32k"]["train"]["seq_length"] == 32768
     assert main["train"]["reset_attention_mask"] and {d["packing"] for d in main["data"]["domains"]} == {"long", "short"}
 
     def changed(a: dict, b: dict, prefix="") -> set:
@@ -148,9 +151,18 @@ def test_haystack_text_is_never_collected(tmp_path):
     counts = corpus.python_corpus([site], stdlib, tmp_path / "raw", code_packages=["numpy"])
     collected = "".join(p.read_text() for p in (tmp_path / "raw").rglob("*") if p.is_file())
     assert "HAYSTACK TEXT" not in collected
-    assert (tmp_path / "raw/code_repos/numpy.core/numpy/core/__init__.py").is_file()
-    assert not list((tmp_path / "raw").rglob("*.so"))
-    assert counts == {"code_repos": 4, "short/python_files": 2, "short/pypi_readmes": 1}
+    assert (tmp_path / "raw/code_repos/numpy/numpy/core/__init__.py").is_file()
+    assert not list((tmp_path / "raw").rglob("*.so")) and not list((tmp_path / "raw").rglob("vendored.h"))
+    assert counts == {"code_repos": 3, "short/python_files": 2, "short/pypi_readmes": 1}
+
+
+def test_large_packages_become_several_repositories(tmp_path, monkeypatch):
+    site, stdlib = fake_python(tmp_path)
+    monkeypatch.setattr(corpus, "REPOSITORY_MAX_BYTES", 1000)  # the fake numpy is ~5 KB
+    corpus.python_corpus([site], stdlib, tmp_path / "raw", code_packages=["numpy"])
+    repos = sorted(p.name for p in (tmp_path / "raw/code_repos").iterdir())
+    assert repos == ["numpy", "numpy.core", "stdlib-modules", "stdlib-tomllib"]
+    assert [p.name for p in (tmp_path / "raw/code_repos/numpy/numpy").iterdir()] == ["__init__.py"]
 
 
 @pytest.mark.slow
@@ -170,9 +182,9 @@ def test_pipeline_end_to_end_on_cpu(tmp_path, texts_bundle):
     summary = {e["label"]: e for e in json.loads((out / "summary.json").read_text())}
     assert set(summary) == {"base", "main"}
     main = summary["main"]
-    assert main["rotary_base"] == 2.0e6 and main["seq_length"] == 256 and main["tokens_trained"] == 2 * 2 * 256
+    assert main["rotary_base"] == 8.0e6 and main["seq_length"] == 256 and main["tokens_trained"] == 2 * 2 * 256
     assert set(main["recall"]) == {"local_niah_single"} and set(main["recall"]["local_niah_single"]) == {"512"}
-    assert main["short_text_loss"] > 0 and summary["base"]["short_text_loss"] > 0
+    assert set(main["short_text_loss"]) == {"devil", "fortunes"} and min(summary["base"]["short_text_loss"].values()) > 0
     assert (out / "loss_curves.png").is_file() and (out / "eval/main/needle_heatmap.png").is_file()
     # Run again: every step is recorded as done, nothing is redone.
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

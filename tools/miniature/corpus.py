@@ -22,6 +22,7 @@ import json
 import re
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Tuple
 
@@ -44,7 +45,12 @@ DEBIAN_PACKAGES = {
 CODE_PACKAGES = ("torch", "transformers", "jax", "scipy", "sklearn", "sympy", "pandas", "numpy")
 VOLUME_CHARS = 1_500_000  # GCIDE volumes of ~400K tokens: long documents, several per 32K sample chunking
 HELDOUT_DOC_CHARS = 4_000  # held-out entries are grouped into documents of about this size
-SINGLE_FILE_CHARS_PER_PACKAGE = 3_000_000
+SINGLE_FILE_CHARS_PER_PACKAGE = 1_000_000
+SINGLE_FILE_CHARS = 100_000_000  # ~26M tokens of short code; the main recipe uses ~17M
+REPOSITORY_MAX_BYTES = 8_000_000
+# Not the package's own code: caches, and copies of other projects (torch/include holds 40 MB of
+# ATen/c10/pybind11 headers, most of them generated).
+VENDORED = {"__pycache__", "include", "_vendor", "vendor", "vendored", "third_party"}
 _DICT_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
@@ -176,7 +182,8 @@ def haystack_files(stdlib: Path) -> List[Path]:
 
 def _code_files(package: Path, excluded: List[Path]) -> Iterator[Path]:
     for path in sorted(package.rglob("*")):
-        if (path.suffix in CODE_EXTENSIONS and path.is_file() and not path.is_symlink() and "__pycache__" not in path.parts
+        if (path.suffix in CODE_EXTENSIONS and path.is_file() and not path.is_symlink()
+                and not VENDORED.intersection(path.relative_to(package).parts)
                 and not any(path == e or e in path.parents for e in excluded)):
             yield path
 
@@ -191,15 +198,20 @@ def _copy_repository(files: Iterable[Path], base: Path, dest: Path) -> int:
     return n
 
 
-def _copy_package(package: Path, base: Path, repos: Path) -> int:
-    """A large package as several repositories: each sub-package one (torch.nn, torch.distributed...),
-    the package's own modules one more. Sizes stay repository-like (~1-10M tokens rather than one
-    40M-token torch), and tokenization spreads over workers."""
+def _copy_package(package: Path, base: Path, repos: Path, name: str | None = None) -> int:
+    """A package as repositories of at most REPOSITORY_MAX_BYTES of code: a larger one is split into
+    its sub-packages (recursively; torch -> torch._inductor, torch.nn...) plus its own modules. Sizes
+    stay repository-like, and tokenization spreads over workers (one 60 MB transformers.models
+    document kept one tokenizer process busy for a minute)."""
+    name = name or package.name
+    files = list(_code_files(package, []))
+    if sum(f.stat().st_size for f in files) <= REPOSITORY_MAX_BYTES:
+        return int(_copy_repository(files, base, repos / name) > 0)
     made = 0
-    for sub in sorted(p for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"):
-        made += bool(_copy_repository(_code_files(sub, []), base, repos / f"{package.name}.{sub.name}"))
+    for sub in sorted(p for p in package.iterdir() if p.is_dir() and p.name not in VENDORED):
+        made += _copy_package(sub, base, repos, f"{name}.{sub.name}")
     own = [p for p in sorted(package.iterdir()) if p.is_file() and p.suffix in CODE_EXTENSIONS]
-    return made + bool(_copy_repository(own, base, repos / package.name))
+    return made + int(_copy_repository(own, base, repos / name) > 0)
 
 
 def _package_description(metadata: Path) -> str:
@@ -208,12 +220,17 @@ def _package_description(metadata: Path) -> str:
 
 
 def _single_files(packages: List[Path]) -> Iterator[Tuple[str, str]]:
-    for package in packages:
-        budget = SINGLE_FILE_CHARS_PER_PACKAGE  # no one package dominates the short code domain
+    """Single .py files of the packages, at most SINGLE_FILE_CHARS_PER_PACKAGE from each (no one package
+    dominates) and SINGLE_FILE_CHARS in all (more than the mixture uses), packages in a fixed
+    pseudo-random order so that the cut is not alphabetical."""
+    total = SINGLE_FILE_CHARS
+    for package in sorted(packages, key=lambda p: zlib.crc32(p.name.encode())):
+        budget = SINGLE_FILE_CHARS_PER_PACKAGE
         for path in _code_files(package, []):
-            if path.suffix == ".py" and budget > 0:
+            if path.suffix == ".py" and min(budget, total) > 0:
                 text = path.read_text(errors="replace")
                 budget -= len(text)
+                total -= len(text)
                 yield str(path), text
 
 

@@ -34,6 +34,7 @@ import sysconfig
 import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +42,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 RUNS = ("main", "theta_unchanged", "long_only", "no_doc_masking")
 EVAL_TASKS = "local_niah_single,local_niah_multikey,local_niah_uuid"
-HELD_OUT = "raw/texts/heldout/devil.jsonl"
+# Held out of every training mixture: The Devil's Dictionary (satirical entries, in the format of the
+# dictionaries that training sees) and fortunes (quotes, jokes, verse: a genre training lacks).
+HELD_OUT = ("raw/texts/heldout/devil.jsonl", "raw/texts/short/fortunes.jsonl")
 # domain -> (input below WORK, prepare_data format, long?)
 DOMAINS = {
     "code_repos": ("raw/python/code_repos", "code-repos", True),
@@ -128,40 +131,49 @@ class Pipeline:
         else:
             with tarfile.open(texts) as tar:
                 tar.extractall(target.parent, filter="data")  # the bundle holds texts/...
-        if not (self.work / HELD_OUT).is_file():
-            raise StepFailed(f"--texts {texts}: no {Path(HELD_OUT).relative_to('raw')} inside; build it with build_texts.py")
+        missing = [h for h in HELD_OUT if not (self.work / h).is_file()]
+        if missing:
+            raise StepFailed(f"--texts {texts}: no {', '.join(missing)} inside; build it with build_texts.py")
 
     def python_code(self) -> None:
         from corpus import python_corpus
 
         target = self.work / "raw" / "python"
         shutil.rmtree(target, ignore_errors=True)
-        sites = [Path(p) for p in self.args.site_packages] or [Path(p) for p in site.getsitepackages()]
+        sites = [Path(p) for p in self.args.site_packages] or [Path(p) for p in site.getsitepackages() if Path(p).is_dir()]
         counts = python_corpus(sites, Path(self.args.stdlib), target)
         (self.out / "raw_corpus.json").write_text(json.dumps(counts, indent=2) + "\n")
 
     def data(self, long_min_tokens: int) -> None:
         # Documents get no BOS (SmolLM2 was pretrained without one, and the evaluation prompts have none)
         # and end with the tokenizer's EOS, which also separates them when document masking is off.
-        for name, (source, fmt, is_long) in DOMAINS.items():
+        # The domains are tokenized side by side: each run of the tool has a start-up cost, and one
+        # large domain would otherwise leave most cores idle at its end.
+        workers = max(1, self.args.workers // 3)
+
+        def prepare(name: str) -> None:
+            source, fmt, is_long = DOMAINS[name]
             cmd = [self.python, REPO / "tools/prepare_data.py", "--input", self.work / source, "--input-format", fmt,
                    "--tokenizer", self.base_hf, "--output-prefix", self.work / "data" / name,
-                   "--workers", self.args.workers, "--no-progress", "--no-bos"]
-            if is_long:
-                cmd += ["--min-tokens", long_min_tokens]
-            self.run(f"data-{name}", cmd)
+                   "--workers", workers, "--no-progress", "--no-bos"]
+            self.run(f"data-{name}", cmd + (["--min-tokens", long_min_tokens] if is_long else []))
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for future in [pool.submit(prepare, name) for name in DOMAINS]:
+                future.result()
 
     def import_base(self) -> None:
         self.run("import", [self.python, REPO / "tools/convert_hf_to_megatron.py", self.base_hf,
                             self.work / "checkpoints" / "base", "--overwrite", "--no-progress"])
 
-    def evaluate(self, label: str, hf_dir: Path, gpu: str | None) -> None:
+    def evaluate(self, label: str, hf_dir: Path, gpu: str | None, recall: bool = True) -> None:
         out = self.out / "eval" / label
         resume = (out / "results.json").exists()
-        cmd = [self.python, REPO / "tools/eval.py", hf_dir, "--out", out, "--lengths", self.args.eval_lengths,
+        cmd = [self.python, REPO / "tools/eval.py", hf_dir, "--out", out, "--lengths", self.args.eval_lengths if recall else "none",
                "--samples", self.args.eval_samples, "--tasks", self.args.eval_tasks, "--backend", "native",
-               "--allow-beyond-max-position", "--short-tasks", "none", "--loss-data", self.work / HELD_OUT,
+               "--allow-beyond-max-position", "--short-tasks", "none",
                "--device", "cpu" if self.args.device == "cpu" else "cuda", "--resume" if resume else "--overwrite"]
+        cmd += [arg for held_out in HELD_OUT for arg in ("--loss-data", self.work / held_out)]
         env = {**self.env, "CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else self.env
         self.run(f"eval-{label}", cmd, env=env)
 
@@ -220,7 +232,8 @@ class Pipeline:
         from megatron_ext.config import load_recipe
 
         self.out.mkdir(parents=True, exist_ok=True)
-        long_min_tokens = load_recipe(self.recipe("main"), self.args.override).train.seq_length
+        # A long-domain sample is a chunk of one document: keep documents of at least one sample.
+        long_min_tokens = min(load_recipe(self.recipe(r), self.args.override).train.seq_length for r in self.args.runs)
         self.step("model", self.model)
         self.step("texts", self.texts)
         groups = self.gpu_groups()
@@ -237,7 +250,7 @@ class Pipeline:
         # The base model's evaluation needs only the HF checkpoint and one GPU: run it while the CPU prepares data.
         base_gpu = groups[-1][0] if groups[-1] else None
         base_eval = threading.Thread(target=guarded(lambda: self.step(
-            "eval-base", lambda: self.evaluate("base", self.base_hf, base_gpu))))
+            "eval-base", lambda: self.evaluate("base", self.base_hf, base_gpu, recall=not self.args.skip_base_recall))))
         base_eval.start()
         if self.args.device == "cpu":
             base_eval.join()  # one CPU: no overlap
@@ -290,6 +303,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-lengths", default="2K,4K,8K,16K,32K")
     p.add_argument("--eval-samples", type=int, default=55, help="documents per task and length (5 per depth)")
     p.add_argument("--eval-tasks", default=EVAL_TASKS)
+    p.add_argument("--skip-base-recall", action="store_true",
+                   help="evaluate only the base model's held-out loss (its recall is known from an earlier run)")
     p.add_argument("--site-packages", action="append", default=[], help="where the code corpus comes from (default: this Python's)")
     p.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"], help="the standard library folder (default: this Python's)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="recipe override for every run")
