@@ -10,8 +10,8 @@ import pytest
 from data_helpers import max_window_error
 
 from megatron_ext.config import load_recipe
-from megatron_ext.data.loader import build_dataset, micro_batches
 from megatron_ext.data.mixture import build_mixture
+from megatron_ext.training.loader import build_dataset, micro_batches
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
