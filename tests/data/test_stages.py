@@ -80,6 +80,8 @@ def test_sft_64k_packs_conversations_with_assistant_masks(mini_corpus, monkeypat
 def test_tiny_corpus_recipes_train_through_the_loader(path, mini_corpus, monkeypatch):
     monkeypatch.setenv("PROLONG_MINI_DATA", str(mini_corpus))
     recipe = load_recipe(RECIPES / path, ["data.num_workers=0"])
+    for domain in recipe.data.domains:  # the small corpus is sized for the tests, not for these recipes
+        domain.max_epochs = 1e6
     ds = build_dataset(recipe)
     batches = micro_batches(recipe, ds, consumed_samples=0, dp_rank=0, dp_size=1)
     for _ in range(3):
