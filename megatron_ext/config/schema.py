@@ -58,9 +58,9 @@ class ParallelConfig:
     recompute_method: Optional[str] = None
     recompute_num_layers: Optional[int] = None
     # --- Memory/throughput knobs (tools/plan.py predicts them; recipes/hardware/ picks them) ---
-    # Selective recompute: the submodules to recompute in every layer. core_attn (attention
-    # core; TE's fused attention saves little there), mlp (the SwiGLU MLP), layernorm (the
-    # RMSNorms, output discarded). null = Megatron's default, [core_attn].
+    # Selective recompute: the submodules to recompute in every layer. mlp (the SwiGLU MLP and
+    # its RMSNorm: most of a layer's activations, no attention recomputed), core_attn
+    # (attention; TE's fused attention saves little there). null = Megatron's default, [core_attn].
     recompute_modules: Optional[List[str]] = None
     # Layer-level activation offloading through Transformer Engine: the activations of
     # cpu_offloading_num_layers layers wait in host memory between forward and backward.
@@ -68,7 +68,7 @@ class ParallelConfig:
     cpu_offloading: bool = False
     cpu_offloading_num_layers: int = 0
     # Fine-grained activation offloading: the inputs of these submodules of every layer wait
-    # in host memory (attn_norm, qkv_linear, core_attn, attn_proj, mlp_norm); composes with recompute.
+    # in host memory (qkv_linear, core_attn, attn_proj); composes with recompute.
     fine_grained_activation_offloading: bool = False
     offload_modules: List[str] = field(default_factory=list)
     # Data-parallel communication overlapped with compute (DistributedDataParallelConfig):

@@ -281,10 +281,20 @@ def _check_checkpoint_and_data(r: Recipe, problems: List[str]) -> None:
         problems.append(f"data.domains: shares must sum to 1, got {sum(dom.share for dom in d.domains):.6f} ({shares})")
 
 
-# Megatron-Core 0.19's submodule names that exist in a dense Llama layer (the others it
-# accepts belong to MoE, MLA and GatedDeltaNet layers).
-RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm")
-OFFLOAD_MODULES = ("attn_norm", "qkv_linear", "core_attn", "attn_proj", "mlp_norm")
+# Megatron-Core 0.19's submodule names that do something in our layers. It also accepts MoE,
+# MLA and GatedDeltaNet names, and norm names that are no-ops here: Transformer Engine fuses
+# each RMSNorm into the GEMM after it, so there is no separate norm to recompute or offload.
+RECOMPUTE_MODULES = ("core_attn", "mlp")
+OFFLOAD_MODULES = ("qkv_linear", "core_attn", "attn_proj")
+FUSED_NORMS = ("layernorm", "attn_norm", "mlp_norm")
+
+
+def _module_list_problem(key: str, modules, allowed) -> Optional[str]:
+    unknown = sorted(set(modules) - set(allowed))
+    if not unknown:
+        return None
+    why = " (Transformer Engine fuses the RMSNorms into the next GEMM)" if set(unknown) & set(FUSED_NORMS) else ""
+    return f"{key}: {unknown} not among {', '.join(allowed)}{why}"
 
 
 def _check_memory_and_overlap(r: Recipe, problems: List[str]) -> None:
@@ -296,15 +306,9 @@ def _check_memory_and_overlap(r: Recipe, problems: List[str]) -> None:
     if p.recompute_modules is not None:
         if p.recompute_granularity != "selective":
             problems.append("parallel.recompute_modules: only used with recompute_granularity=selective")
-        unknown = sorted(set(p.recompute_modules) - set(RECOMPUTE_MODULES))
-        if unknown:
-            problems.append(f"parallel.recompute_modules: {unknown} not among {', '.join(RECOMPUTE_MODULES)}")
-        if "layernorm" in p.recompute_modules:
-            if on_cpu:
-                problems.append(f"parallel.recompute_modules: layernorm recompute (output-discarding checkpoint) {no_te}")
-            if r.precision.fp8 and r.precision.fp8_recipe == "delayed":
-                problems.append("parallel.recompute_modules: layernorm recompute does not work with FP8 delayed "
-                                "scaling (Megatron-Core); use precision.fp8_recipe=tensorwise or drop layernorm")
+        problem = _module_list_problem("parallel.recompute_modules", p.recompute_modules, RECOMPUTE_MODULES)
+        if problem:
+            problems.append(problem)
     if p.cpu_offloading:
         if not 1 <= p.cpu_offloading_num_layers < r.model.num_layers:
             problems.append(f"parallel.cpu_offloading_num_layers: must be in [1, model.num_layers={r.model.num_layers}), "
@@ -315,10 +319,12 @@ def _check_memory_and_overlap(r: Recipe, problems: List[str]) -> None:
         if on_cpu:
             problems.append(f"parallel.cpu_offloading: {no_te}")
     if p.fine_grained_activation_offloading:
-        unknown = sorted(set(p.offload_modules) - set(OFFLOAD_MODULES))
-        if not p.offload_modules or unknown:
+        if not p.offload_modules:
             problems.append(f"parallel.offload_modules: list the submodules whose inputs to offload, from "
-                            f"{', '.join(OFFLOAD_MODULES)}; got {list(p.offload_modules)}")
+                            f"{', '.join(OFFLOAD_MODULES)}")
+        problem = _module_list_problem("parallel.offload_modules", p.offload_modules, OFFLOAD_MODULES)
+        if problem:
+            problems.append(problem)
         if "attn_proj" in p.offload_modules and "core_attn" not in p.offload_modules:
             problems.append("parallel.offload_modules: attn_proj needs core_attn too (its input is core_attn's output)")
         if p.cpu_offloading:
