@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+warnings.filterwarnings("ignore", module="megatron")  # "TE/Apex not installed" on a planning machine
 
 from megatron_ext.config import RecipeError, load_recipe  # noqa: E402
 from megatron_ext.config.loader import compose  # noqa: E402
@@ -54,7 +56,7 @@ def _table(planner: Planner, evaluations, recommended=None) -> str:
 def plan(args, calibration: Calibration) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     peak = args.peak_tflops or recipe.logging.peak_tflops or 989.0
-    dataset, data_note = workload_dataset(recipe)
+    dataset, data_note = workload_dataset(recipe, args.short_document)
     planner = Planner(recipe, args.gpus, args.gpu_memory, calibration, dataset, peak, args.batches)
     print(f"recipe {recipe.name} on {args.gpus} GPUs x {args.gpu_memory:g} GiB, peak {peak:g} TFLOP/s; "
           f"constants: {', '.join(calibration.fitted_on) or 'priors only'}")
@@ -76,6 +78,10 @@ def plan(args, calibration: Calibration) -> int:
               f"constants alone; see the rows to measure", file=sys.stderr)
         return 2
     print(f"\nrecommended: {overrides_text(best.overrides, recipe) or 'the recipe as it is'}")
+    t = recipe.train
+    tokens = t.train_iters * t.global_batch_size * t.seq_length
+    print(f"schedule: {tokens / 1e9:.2f}B tokens ({t.train_iters} iterations) = "
+          f"{tokens / best.tokens_per_sec_per_gpu / 3600:,.0f} GPU-hours at the recommended layout's prediction")
     return 0
 
 
@@ -99,6 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--gpu-memory", type=float, help="memory of one GPU in GiB (H100 80GB: 79.6, H200: 140.4)")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of one GPU (default: logging.peak_tflops or 989)")
     parser.add_argument("--batches", type=int, default=16, help="global batches of the recipe's data to count work on")
+    parser.add_argument("--short-document", type=int, default=4096,
+                        help="when the recipe's data is not here: document length assumed for non-long domains")
     parser.add_argument("--check", action="store_true", help="plan only the recipe's own layout; exit 2 if it does not fit")
     parser.add_argument("--calibrate", type=Path, nargs="+", metavar="ROWS.jsonl", help="refit the constants on these runs")
     parser.add_argument("--write", action="store_true", help="with --calibrate: save the refitted constants")

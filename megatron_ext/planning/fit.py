@@ -72,19 +72,21 @@ def load_rows(paths: Iterable[Path]) -> List[Row]:
     for path in paths:
         for line in Path(path).read_text().splitlines():
             if line.strip():
-                rows.append(_row(json.loads(line)))
+                rows.append(measured_row(json.loads(line)))
     return rows
 
 
-def _row(data: dict) -> Row:
+def measured_row(data: dict) -> Row:
+    """A row of benchmarks/throughput.py with the run's recipe and the work of its measured
+    iterations rebuilt; measurements absent (or an out-of-memory run): None."""
     recipe = load_recipe(REPO / data["recipe"], data.get("overrides", []), world_size=data["gpus"])
     dataset, _ = workload_dataset(recipe)
     dp = data_parallel_size(recipe, data["gpus"])
     measured = range(data.get("warmup", 0), recipe.train.train_iters)
     oom = data.get("oom", False)
     return Row(label=data["label"], recipe=recipe, gpus=data["gpus"], works=rank_work(recipe, dataset, dp, measured),
-               tokens_per_sec_per_gpu=None if oom else data["tokens_per_sec_per_gpu"],
-               peak_memory_gib=None if oom else data["peak_memory_gib"], peak_tflops=data.get("peak_tflops", 989.0),
+               tokens_per_sec_per_gpu=None if oom else data.get("tokens_per_sec_per_gpu"),
+               peak_memory_gib=None if oom else data.get("peak_memory_gib"), peak_tflops=data.get("peak_tflops", 989.0),
                fit=data.get("fit", True), note=data.get("note", ""), source=data)
 
 

@@ -65,7 +65,9 @@ def parallel_options(recipe: Recipe, gpus: int) -> Iterator[Dict[str, object]]:
     for tp in (t for t in (1, 2, 4, 8) if t <= gpus and gpus % t == 0):
         for cp in (c for c in range(1, gpus // tp + 1) if (gpus // tp) % c == 0):
             base = {"parallel.tensor_model_parallel_size": tp, "parallel.context_parallel_size": cp,
-                    "parallel.sequence_parallel": tp > 1, "parallel.hierarchical_context_parallel_sizes": None}
+                    # TP needs sequence parallelism here; without TP the setting does nothing
+                    "parallel.sequence_parallel": tp > 1 or recipe.parallel.sequence_parallel,
+                    "parallel.hierarchical_context_parallel_sizes": None}
             if cp == 1:
                 yield {**base, "parallel.cp_comm_type": "a2a"}
                 continue

@@ -56,8 +56,7 @@ def memory_terms(recipe: Recipe, world_size: int) -> List[Term]:
     per_layer = layer_bytes(recipe)
     rc = Recompute.of(recipe)
     rerun = per_layer.recomputed_by(rc.modules)  # selective: one layer's worth is live at a time
-    activations = (rc.stored_layers * (per_layer.total - rerun) + rc.live_layers * per_layer.total + rerun
-                   - offloaded_activation_bytes(recipe))
+    stored = rc.stored_layers * (per_layer.total - rerun) - offloaded_activation_bytes(recipe)
     # CP exchange buffers in units of this rank's hidden-size activations; all_gather holds
     # the whole sequence's keys and values, so its buffers grow with CP.
     hidden = micro_batch_tokens(recipe) * m.hidden_size * BF16 / tp * (cp if p.cp_comm_type == "all_gather" else 1)
@@ -67,7 +66,10 @@ def memory_terms(recipe: Recipe, world_size: int) -> List[Term]:
         Term("optimizer (fp32 master + Adam)", 12 * params * (1 - offload) / dp_cp),
         Term("FP8 weight copies", gemm_weights if recipe.precision.fp8 else 0.0, "fp8_bytes_per_weight"),
         Term("checkpointed layer inputs", rc.checkpoints * per_layer.hidden),
-        Term("activations", activations, "activation_scale"),
+        # Two constants for the same tensors: the measured runs so far recompute every layer, so
+        # they pin down what one recomputed layer holds, not yet what stored layers add up to.
+        Term("activations of recomputed layers", rc.live_layers * per_layer.total + rerun, "activation_scale"),
+        Term("activations of stored layers", stored, "stored_activation_scale"),
         Term(f"CP {p.cp_comm_type} buffers", hidden if cp > 1 else 0.0, f"cp_{p.cp_comm_type}_buffers"),
         Term("output layer + loss", output_layer_bytes(recipe)),
         Term("fixed", GIB, "fixed_gib"),

@@ -52,7 +52,7 @@ class Calibration:
                 "constants": {k: round(v, 6) for k, v in sorted(self.fitted.items())}, "priors": self.priors}
         Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
-    def unmeasured(self, terms: Sequence[Term], share: float = 0.01) -> List[str]:
+    def unmeasured(self, terms: Sequence[Term], share: float = 0.02) -> List[str]:
         """Constants no measured run has determined yet whose terms make up at least this share
         of the estimate: what a prediction built on these terms rests on beyond measurements."""
         total = self.total(terms)

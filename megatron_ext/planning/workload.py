@@ -51,7 +51,7 @@ class AssumedLengths:
         return np.array([self.short] * full + ([rest] if rest else []))
 
 
-def workload_dataset(recipe: Recipe) -> Tuple[SampleDataset, Optional[str]]:
+def workload_dataset(recipe: Recipe, short_document: int = 4096) -> Tuple[SampleDataset, Optional[str]]:
     """The recipe's dataset, or AssumedLengths with a note when its data is not here."""
     from megatron_ext.config.loader import RecipeError
     from megatron_ext.data.loader import build_dataset
@@ -62,7 +62,7 @@ def workload_dataset(recipe: Recipe) -> Tuple[SampleDataset, Optional[str]]:
     except (RecipeError, FileNotFoundError, ValueError):
         if recipe.data.synthetic is not None:
             raise
-        assumed = AssumedLengths(recipe)
+        assumed = AssumedLengths(recipe, short_document)
         return assumed, assumed.note
 
 

@@ -109,3 +109,14 @@ def test_knobs_that_fit_together_validate():
         "parallel.offload_modules=[core_attn,attn_proj]", "parallel.overlap_param_gather=true",
         "parallel.tp_comm_overlap=true", "optimizer.optimizer_cpu_offload=true", "optimizer.optimizer_offload_fraction=0.5"])
     assert r.parallel.recompute_modules == ["mlp"] and r.optimizer.optimizer_offload_fraction == 0.5
+
+
+@pytest.mark.parametrize("hardware", ["h100_80gb", "h200_141gb"])
+@pytest.mark.parametrize("stage", ["stage1_64k", "stage2_512k", "sft_64k"])
+def test_hardware_profiles_compose_with_every_stage(tmp_path, stage, hardware):
+    recipe = tmp_path / "composed.yaml"
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    recipe.write_text(f"base: [{root}/prolong/{stage}.yaml, {root}/hardware/{hardware}.yaml]\n")
+    composed, alone = load_recipe(recipe), load_recipe(root / f"prolong/{stage}.yaml")
+    assert composed.train == alone.train and composed.data == alone.data   # the stage stays the stage
+    assert composed.parallel.recompute_granularity == "full"                # the measured setting

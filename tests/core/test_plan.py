@@ -48,7 +48,9 @@ def test_memory_terms_of_a_tiny_model_by_hand():
     # fc1 + SwiGLU outputs.
     layer = 4 * 4096 * 256 * 2 + 4096 * 512 * 2 + 4096 * 256 * 2 + 4096 * 3 * 704 * 2
     assert layer == 31_981_568
-    assert terms["activations"].amount == layer and terms["activations"].constant == "activation_scale"
+    live = terms["activations of recomputed layers"]
+    assert live.amount == layer and live.constant == "activation_scale"
+    assert terms["activations of stored layers"].amount == 0
     # Gathered hidden states + their gradient, 2,092-token chunk of logits (fp32 + 2 bf16
     # copies), 16 bytes per token of loss statistics, fp32 weight gradient and its bf16 copy.
     assert terms["output layer + loss"].amount == 2 * 4096 * 256 * 2 + 2092 * 128256 * 8 + 4096 * 16 + 128256 * 256 * 6
@@ -93,7 +95,8 @@ def test_fit_recovers_known_constants(baseline_rows, calibration):
     """Rows made by a known set of constants (the measured runs' shapes and recompute variants
     of them, so that every constant is determined): the fit finds those constants again."""
     truth = Calibration(dict(calibration.constants), calibration.priors)
-    truth.constants.update(gemm_bf16=1.6, attention_bf16=2.5, tp_s_per_gb=0.009, activation_scale=0.7)
+    truth.constants.update(gemm_bf16=1.6, attention_bf16=2.5, tp_s_per_gb=0.009, activation_scale=0.7,
+                           stored_activation_scale=0.6)
     variants = [{}, {"parallel.recompute_granularity": None, "parallel.recompute_method": None,
                      "parallel.recompute_num_layers": None},
                 {"parallel.recompute_granularity": "selective", "parallel.recompute_method": None,
@@ -108,7 +111,7 @@ def test_fit_recovers_known_constants(baseline_rows, calibration):
             row.peak_memory_gib = truth.total(row.memory_terms()) / GIB
             made.append(row)
     fitted = fit(made, calibration, ["made up"])
-    for name in ("gemm_bf16", "attention_bf16", "tp_s_per_gb", "activation_scale"):
+    for name in ("gemm_bf16", "attention_bf16", "tp_s_per_gb", "activation_scale", "stored_activation_scale"):
         assert fitted.constants[name] == pytest.approx(truth.constants[name], rel=0.08), name
     assert all(abs(r["throughput_error"]) < 0.01 for r in compare(made, fitted))
 
@@ -146,3 +149,15 @@ def test_cli_check_refuses_before_submission_and_names_bad_keys():
     assert out.returncode == 0, out.stderr
     out = _plan("recipes/bench/llama3_8b_64k.yaml", "parallel.tensor_model_paralel_size=2", "--gpus", "2", "--gpu-memory", "80")
     assert out.returncode == 2 and "parallel.tensor_model_paralel_size: unknown key" in out.stderr
+
+
+@pytest.mark.slow
+def test_every_sweep_case_is_a_valid_recipe(tmp_path, python_env):
+    """The GPU sweep's dry run: every case's recipe validates for its GPU count (no GPU time
+    lost to a typo) and gets the planner's prediction."""
+    out = subprocess.run(["bash", "benchmarks/perf_sweep.sh", str(tmp_path), "all"], cwd=REPO, capture_output=True,
+                         text=True, env={**python_env, "DRY_RUN": "1"}, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    listed = subprocess.run(["bash", "benchmarks/perf_sweep.sh", "--list"], cwd=REPO, capture_output=True, text=True)
+    cases = listed.stdout.split("all:")[1].split()
+    assert len(cases) > 20 and all(f"{case} " in out.stdout for case in cases)
