@@ -74,8 +74,9 @@ def plan(args, calibration: Calibration) -> int:
     best = planner.recommend(evaluations)
     print(_table(planner, evaluations, best))
     if best is None:
-        print(f"error: no layout of {args.recipe} fits {args.gpus} GPUs x {args.gpu_memory:g} GiB on measured "
-              f"constants alone; see the rows to measure", file=sys.stderr)
+        speculative = any(refusal(e, args.gpu_memory) is None for e in evaluations)
+        why = " on measured constants alone (the rows marked 'to measure' might)" if speculative else ""
+        print(f"error: no layout of {args.recipe} fits {args.gpus} GPUs x {args.gpu_memory:g} GiB{why}", file=sys.stderr)
         return 2
     print(f"\nrecommended: {overrides_text(best.overrides, recipe) or 'the recipe as it is'}")
     t = recipe.train
