@@ -197,6 +197,12 @@ class MixtureDataset:
             domain=domain,
         )
 
+    def document_lengths(self, index: int) -> np.ndarray:
+        """Sample ``index``'s document (and SFT padding) lengths from its packer, reading no tokens."""
+        domain = int(self.domain_index[index])
+        segments = self.packers[domain].segments(int(self.domain_sample_index[index]))
+        return np.array([s.end - s.start for s in segments], dtype=np.int64)
+
     def summary(self) -> str:
         lines = [f"data: {self.num_samples:,} samples x {self.seq_length:,} tokens from {len(self.plans)} domains",
                  f"  {'domain':<20} {'packing':<7} {'share':>6} {'samples':>9} {'per epoch':>11} {'epochs':>7} "
