@@ -16,8 +16,8 @@ from megatron_ext.data.mixture import build_mixture
 from megatron_ext.data.sample import SampleDataset
 from megatron_ext.data.sampler import DataParallelSampler
 from megatron_ext.data.synthetic import SyntheticDataset
-from megatron_ext.training.metrics import FlopsModel
 from megatron_ext.training.batch import MicroBatch, pack_micro_batch
+from megatron_ext.training.metrics import FlopsModel
 
 
 def build_dataset(recipe: Recipe) -> SampleDataset:
