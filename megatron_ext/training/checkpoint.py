@@ -65,6 +65,7 @@ from megatron_ext.training.checkpoint_manifest import (
     write_manifest,
 )
 from megatron_ext.training.distributed import Layout
+from megatron_ext.training.optim import parameters_gathered
 from megatron_ext.training.recipe_changes import check_model_shapes, check_resume, saved_model_section
 from megatron_ext.training.safe_load import describe, original_errors, read_checked, restricted_unpickling
 
@@ -306,13 +307,14 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that crashed
             tmp.mkdir()
         dist.barrier()
-        sharded = self._sharded_state(with_optimizer=True, with_rng=True, loading=False)
-        sharded["train_state"] = asdict(state)
-        sharded["scheduler"] = self.scheduler.state_dict()
-        sharded["layout"] = {"tp": self.layout.tp_size, "cp": self.layout.cp_size, "dp": self.layout.dp_size}
-        sharded["recipe"] = to_yaml(self.recipe)
-        dist_checkpointing.save(sharded, str(tmp), sharded_strategy=self._strategies(save=True),
-                                content_metadata=self._metadata() | {"dp_cp_group": None})
+        with parameters_gathered(self.model):
+            sharded = self._sharded_state(with_optimizer=True, with_rng=True, loading=False)
+            sharded["train_state"] = asdict(state)
+            sharded["scheduler"] = self.scheduler.state_dict()
+            sharded["layout"] = {"tp": self.layout.tp_size, "cp": self.layout.cp_size, "dp": self.layout.dp_size}
+            sharded["recipe"] = to_yaml(self.recipe)
+            dist_checkpointing.save(sharded, str(tmp), sharded_strategy=self._strategies(save=True),
+                                    content_metadata=self._metadata() | {"dp_cp_group": None})
         dist.barrier()
         checksums = self._write_manifest(tmp, state.iteration)
         self._on_rank0(lambda: self._publish(root, tmp, final, state.iteration))
