@@ -3,9 +3,11 @@
 Resume continues a run exactly, so only keys that do not change what is trained may differ:
 
 - may change: ``train.train_iters`` (extend a run), ``train.micro_batch_size``,
-  ``train.exit_after_iters``, ``train.device``, ``train.preflight``, the parallel layout and
-  precision (checkpoints are resharded on load), the optimizer's and scheduler's numbers (the
-  recipe wins, with a warning), ``checkpoint.*``, ``logging.*``, ``data.num_workers``, ``name``;
+  ``train.exit_after_iters``, ``train.device``, ``train.preflight``, the parallel layout,
+  memory knobs and precision (checkpoints are resharded on load), the optimizer's and
+  scheduler's numbers (the recipe wins, with a warning) and its CPU offload, ``checkpoint.*``,
+  ``logging.*``, ``data.num_workers``, ``data.verify_checksums``, ``data.balance_data_parallel``
+  (same samples per batch), ``name``;
 - refused: everything else: the model (shapes, RoPE), ``train.seed``, ``train.seq_length``,
   ``train.global_batch_size``, ``train.reset_attention_mask``, ``optimizer.optimizer`` and the
   data (mixture, synthetic settings; data file paths are compared by file name, so a moved
@@ -30,10 +32,16 @@ from megatron_ext.training.checkpoint_files import CheckpointError
 # The common-state key under which tools/convert_hf_to_megatron.py records the model it imported.
 IMPORT_RECORD = "hf_import"
 
-RESUME_MAY_CHANGE = ("name", "parallel.", "precision.", "train.train_iters", "train.micro_batch_size",
-                     "train.exit_after_iters", "train.device", "train.preflight", "optimizer.lr",
-                     "optimizer.min_lr", "optimizer.weight_decay", "optimizer.adam_", "optimizer.clip_grad",
-                     "scheduler.", "checkpoint.", "logging.", "data.num_workers")
+# Every recipe key is in exactly one of these (a key or a whole section; tested), so that a
+# new key gets a decision. A key in neither is refused: the safe default.
+RESUME_MAY_CHANGE = ("name", "parallel", "precision", "train.train_iters", "train.micro_batch_size",
+                     "train.exit_after_iters", "train.device", "train.preflight", "optimizer.lr", "optimizer.min_lr",
+                     "optimizer.weight_decay", "optimizer.adam_beta1", "optimizer.adam_beta2", "optimizer.adam_eps",
+                     "optimizer.clip_grad", "optimizer.optimizer_cpu_offload", "optimizer.optimizer_offload_fraction",
+                     "scheduler", "checkpoint", "logging", "data.num_workers", "data.verify_checksums",
+                     "data.balance_data_parallel")
+RESUME_REFUSES = ("model", "train.seq_length", "train.global_batch_size", "train.seed", "train.reset_attention_mask",
+                  "optimizer.optimizer", "data.synthetic", "data.domains")
 MODEL_SHAPE_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                     "kv_channels", "vocab_size", "make_vocab_size_divisible_by", "untie_embeddings_and_output_weights")
 
@@ -50,6 +58,11 @@ def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
             out.update(_flatten(item, f"{prefix}{i}."))
         return out
     return {prefix[:-1]: value}
+
+
+def matches(key: str, patterns) -> bool:
+    """``key`` is one of ``patterns`` or lies in one of them (``model`` covers ``model.vocab_size``)."""
+    return any(key == p or key.startswith(p + ".") for p in patterns)
 
 
 def _comparable(key: str, value: Any) -> Any:
@@ -77,7 +90,7 @@ def check_resume(saved_yaml: str, recipe: Recipe, where: str) -> Optional[str]:
     listing the allowed ones (None if nothing changed)."""
     saved = _flatten(yaml.safe_load(saved_yaml) or {})
     changes = _differences(saved, _flatten(_as_dict(recipe)))
-    refused = [c for c in changes if not c[0].startswith(RESUME_MAY_CHANGE)]
+    refused = [c for c in changes if not matches(c[0], RESUME_MAY_CHANGE)]
     if refused:
         raise CheckpointError(
             f"{where} was trained with another recipe: {_listed(refused)} (checkpoint -> recipe). Resuming would "

@@ -85,6 +85,17 @@ def test_resume_takes_layout_and_length_changes_and_refuses_model_seed_and_data(
         check_resume(to_yaml(saved), current, "ckpt")
 
 
+def test_every_recipe_key_is_classified_for_resume():
+    from megatron_ext.config.schema import SyntheticDataConfig
+    from megatron_ext.training.recipe_changes import RESUME_MAY_CHANGE, RESUME_REFUSES, _as_dict, _flatten, matches
+
+    recipe = Recipe()
+    recipe.data.synthetic = SyntheticDataConfig()
+    for key in _flatten(_as_dict(recipe)):
+        assert matches(key, RESUME_MAY_CHANGE) != matches(key, RESUME_REFUSES), (
+            f"{key}: decide whether a resume may change it (megatron_ext/training/recipe_changes.py)")
+
+
 def test_a_moved_data_directory_resumes_but_another_file_does_not():
     from megatron_ext.config.schema import DomainConfig
 
