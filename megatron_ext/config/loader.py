@@ -30,6 +30,7 @@ PACKAGED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 COMMAND_LINE = "command line"
 # A plain node reference inside an interpolation: ${checkpoint.save}, not ${oc.env:X} or ${.x}.
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.\[\]]*)\}")
+_ABSENT = object()
 
 
 def find_recipe(path: str | Path) -> Path:
@@ -108,8 +109,8 @@ def _settings(data: dict, prefix: str = "") -> Iterator[Tuple[str, Any]]:
 def _overrides(overrides: Iterable[str], problems: List[str]) -> List[Tuple[str, Any]]:
     settings = []
     for override in overrides:
-        key, _, text = override.partition("=")
-        if not key or not _:
+        key, equals, text = override.partition("=")
+        if not key or not equals:
             problems.append(f"override '{override}' is not of the form key=value")
             continue
         try:  # OmegaConf's dotlist parser reads the value as YAML, with the same loader as the files
@@ -186,8 +187,9 @@ def _resolve_interpolations(cfg: DictConfig, problems: List[str]) -> None:
         if not isinstance(raw, str) or "${" not in raw:
             continue
         try:
-            refs = _REFERENCE.findall(raw)
-            if _REFERENCE.fullmatch(raw) is None and any(OmegaConf.select(cfg, r) is None for r in refs):
+            # A reference to no key is not null: resolving it below names the typo.
+            refs = [OmegaConf.select(cfg, r, default=_ABSENT) for r in _REFERENCE.findall(raw)]
+            if _REFERENCE.fullmatch(raw) is None and None in refs:
                 OmegaConf.update(cfg, key, None)
             else:
                 OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
@@ -226,8 +228,8 @@ def load_recipe(
         validate(recipe, world_size=world_size)
     except RecipeError as e:
         problems += e.problems
-    except OmegaConfBaseException:
-        pass  # a missing value or a broken interpolation, reported by _compose
+    except OmegaConfBaseException as e:  # a missing value or a broken interpolation, reported by _compose
+        problems = problems or [_explain(e, "recipe")]
     if problems:
         raise RecipeError(problems)
     return recipe

@@ -286,9 +286,9 @@ def test_a_path_built_from_a_null_path_is_null(path):
     assert load_recipe(path, ["checkpoint.save=/ck"]).logging.tensorboard_dir == "/ck/tensorboard"
 
 
-def test_broken_interpolation_names_the_key():
-    msg = _problems("checkpoint.load=${checkpoint.sav}")
-    assert msg.startswith("checkpoint.load: cannot resolve '${checkpoint.sav}'")
+@pytest.mark.parametrize("value", ["${checkpoint.sav}", "${checkpoint.sav}/tensorboard"])
+def test_broken_interpolation_names_the_key(value):
+    assert _problems(f"logging.tensorboard_dir={value}").startswith(f"logging.tensorboard_dir: cannot resolve '{value}'")
 
 
 def test_packaged_recipes_are_found_from_any_directory(tmp_path, monkeypatch):
