@@ -8,6 +8,8 @@ before it imports anything heavy.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Dict, Optional
 
 from megatron_ext.net import free_port
 
@@ -36,3 +38,18 @@ def rank_env() -> tuple[int, int, int]:
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(free_port())
     return 0, 1, 0
+
+
+def make_output_folders(folders: Dict[str, Optional[str]]) -> None:
+    """Create each {recipe key: folder} now, so that an unusable path is one line naming its
+    key before anything loads, not a traceback from deep in the first save."""
+    problems = []
+    for key, folder in folders.items():
+        if folder is None:
+            continue
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            problems.append(f"{key}: cannot create {folder}: {e.strerror or e}")
+    if problems:
+        raise LaunchError("; ".join(problems))

@@ -18,10 +18,11 @@ from __future__ import annotations
 # Megatron-Core and Transformer Engine load (tests/core/test_cli.py).
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from megatron_ext.config import RecipeError, Recipe, load_recipe, to_yaml
-from megatron_ext.launch_env import LaunchError, rank_env
+from megatron_ext.launch_env import LaunchError, make_output_folders, rank_env
 
 EXIT_STOPPED_EARLY = 3
 EXIT_USER_ERROR = 2
@@ -142,14 +143,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     hide_unactionable_warnings()
     try:
-        if recipe.train.device == "cuda" and not recipe.train.preflight:
-            from megatron_ext.training.distributed import select_gpu
-
-            select_gpu(local_rank)  # now, not after Megatron's imports: a machine without GPUs answers in seconds
         if recipe.train.preflight:
             from megatron_ext.preflight import preflight
 
             return preflight(recipe)
+        if recipe.train.device == "cuda":
+            from megatron_ext.training.distributed import select_gpu
+
+            select_gpu(local_rank)  # now, not after Megatron's imports: a machine without GPUs answers in seconds
+        log = recipe.logging
+        make_output_folders({"checkpoint.save": recipe.checkpoint.save, "logging.tensorboard_dir": log.tensorboard_dir,
+                             "logging.metrics_jsonl": log.metrics_jsonl and str(Path(log.metrics_jsonl).parent)})
         return train(recipe)
     except (RecipeError, LaunchError) as e:  # data that does not fit the recipe, a GPU-less machine
         print(f"error: {e}" if world_size == 1 else f"error on rank {rank}: {e}", file=sys.stderr)

@@ -86,6 +86,15 @@ def test_bad_launcher_variable_is_one_line(python_env):
     assert rc == 2 and err == "error: environment variable RANK='zero' must be an integer (set by torchrun or srun)"
 
 
+def test_unusable_output_folder_is_one_line_exit_2(tmp_path, python_env):
+    (tmp_path / "file").write_text("")
+    rc, _, err, torch_imported, _ = probe("megatron_ext.train", TINY, "train.device=cpu", "precision.bf16=false",
+                                          f"checkpoint.save={tmp_path}/file/ck", env=python_env)
+    assert rc == 2 and not torch_imported
+    assert err == (f"error: checkpoint.save: cannot create {tmp_path}/file/ck: Not a directory; "
+                   f"logging.tensorboard_dir: cannot create {tmp_path}/file/ck/tensorboard: Not a directory")
+
+
 def test_no_gpu_is_one_line_exit_2(python_env):
     # The README's GPU command on a machine without a usable GPU (hidden here, so that the
     # test means the same on a GPU machine).
