@@ -43,7 +43,7 @@ def main() -> None:
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    from megatron_ext.data.loader import build_dataset  # torch: not needed for --help
+    from megatron_ext.training.loader import build_dataset  # torch: not needed for --help
 
     dataset = build_dataset(recipe)
     print(f"{recipe.name}: seq_length {recipe.train.seq_length}, {args.samples} samples")

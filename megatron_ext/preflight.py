@@ -48,8 +48,8 @@ def _checkpoint_plan(recipe: Recipe) -> str:
 
 
 def preflight(recipe: Recipe) -> int:
-    from megatron_ext.data.loader import build_dataset, micro_batches
     from megatron_ext.launch_env import rank_env
+    from megatron_ext.training.loader import build_dataset, micro_batches
 
     rank, world_size, local_rank = rank_env()
     validate(recipe, world_size=world_size)

@@ -46,10 +46,10 @@ def train(recipe: Recipe) -> int:
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_ext.data.loader import build_dataset, micro_batches
     from megatron_ext.model.llama import build_gpt_model, transformer_config
     from megatron_ext.training.checkpoint import Checkpointer
     from megatron_ext.training.distributed import initialize, shutdown
+    from megatron_ext.training.loader import build_dataset, micro_batches
     from megatron_ext.training.metrics import MetricLogger, StepStats
     from megatron_ext.training.optim import build_optimizer, build_scheduler, wrap_ddp
     from megatron_ext.training.signals import ExitSignalWatcher

@@ -218,6 +218,10 @@ class DataConfig:
     synthetic: Optional[SyntheticDataConfig] = None
     domains: List[DomainConfig] = field(default_factory=list)
     num_workers: int = number(2, ge=0, le=256)
+    # Hash every dataset file at start-up against the sha256 recorded when it was prepared:
+    # catches same-size corruption, which the always-on size checks cannot. Costs a full read of
+    # the data on every rank (docs/data.md has the speed); run it once with train.preflight=true.
+    verify_checksums: bool = False
 
 
 @dataclass
