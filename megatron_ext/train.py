@@ -1,7 +1,8 @@
 """Training entry point: ``python -m megatron_ext.train RECIPE.yaml [key=value ...]``.
 
-Several GPUs: the same command under torchrun or srun. A thin loop on Megatron-Core parts (GPTModel + TE spec, DDP, distributed optimizer,
-OptimizerParamScheduler, the forward-backward schedule, dist_checkpointing). Why not
+Several GPUs: the same command under torchrun or srun. A thin loop on Megatron-Core parts
+(GPTModel + TE spec, DDP, distributed optimizer, OptimizerParamScheduler, the
+forward-backward schedule, dist_checkpointing). Why not
 ``megatron.training.pretrain``: it is driven by a global argparse namespace rather than a
 typed recipe, it needs Python >= 3.12 (our CPU CI runs 3.11), and what ProLong needs
 (per-document CP padding, per-domain loss, MFU from sum(doc_len^2), the optimizer-carrying
