@@ -288,7 +288,8 @@ def test_a_path_built_from_a_null_path_is_null(path):
 
 @pytest.mark.parametrize("value", ["${checkpoint.sav}", "${checkpoint.sav}/tensorboard"])
 def test_broken_interpolation_names_the_key(value):
-    assert _problems(f"logging.tensorboard_dir={value}").startswith(f"logging.tensorboard_dir: cannot resolve '{value}'")
+    msg = _problems(f"logging.tensorboard_dir={value}")
+    assert msg.startswith(f"logging.tensorboard_dir: cannot resolve '{value}'")
 
 
 def test_packaged_recipes_are_found_from_any_directory(tmp_path, monkeypatch):
