@@ -42,8 +42,8 @@ def select_gpu(local_rank: int) -> None:
     if count == 0:
         why = f" ({' '.join(str(caught[0].message).split())})" if caught else ""
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        hint = f"check CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else \
-            "use train.device=cpu for a CPU run"
+        hint = (f"check CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None
+                else "use train.device=cpu for a CPU run")
         raise LaunchError(f"train.device=cuda but no GPU is visible{why}; {hint}")
     if local_rank >= count:
         raise LaunchError(f"local rank {local_rank} has no GPU: {count} visible on this node; "
