@@ -13,6 +13,12 @@ train.exit_after_iters): resume by launching again; anything else = failure.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below (seconds): an early SIGTERM / SIGUSR1 is kept, not fatal
+    from megatron_ext.training import signals
+
+    signals.watch()
+    signals.die_with_launcher()
+
 import argparse
 import sys
 from typing import Iterator, List, Optional
@@ -70,10 +76,11 @@ def train(recipe: Recipe) -> int:
     from megatron_ext.training.distributed import initialize, shutdown
     from megatron_ext.training.metrics import MetricLogger
     from megatron_ext.training.optim import build_optimizer, build_scheduler, wrap_ddp
-    from megatron_ext.training.signals import ExitSignalWatcher
+    from megatron_ext.training import signals
     from megatron_ext.training.step import make_forward_step, reduce_reports
 
-    watcher = ExitSignalWatcher(enabled=recipe.checkpoint.exit_signal_handler)
+    if not recipe.checkpoint.exit_signal_handler:
+        signals.stop_watching()
     layout = initialize(recipe)
     on_gpu = recipe.train.device == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
@@ -107,8 +114,14 @@ def train(recipe: Recipe) -> int:
     ddp_model.train()
     logger.start_progress(state.iteration)
 
-    stopped_by = None
-    while state.iteration < stop_at:
+    # The stop flag is agreed on before every iteration, the first one included: a signal that
+    # came while the run started or loaded its checkpoint stops it before it trains (nothing
+    # to save), one that came during an iteration or a save stops it right after.
+    started_at = saved_at = state.iteration
+    while True:
+        stopped_by = signals.any_rank_signalled(device) if recipe.checkpoint.exit_signal_handler else None
+        if stopped_by or state.iteration >= stop_at:
+            break
         ddp_model.zero_grad_buffer()
         optimizer.zero_grad()
         batches.stats = StepStats()
@@ -132,15 +145,21 @@ def train(recipe: Recipe) -> int:
         memory = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
         logger.step(state.iteration, work[0].item(), work[1].item(), loss, domain_loss,
                     scheduler.get_lr(optimizer.param_groups[0]), None if grad_norm is None else float(grad_norm), memory)
-
-        stopped_by = watcher.any_rank_signalled(device) if recipe.checkpoint.exit_signal_handler else None
-        finished = state.iteration >= stop_at
-        if recipe.checkpoint.save and (stopped_by or finished or (save_every and state.iteration % save_every == 0)):
+        if save_every and state.iteration % save_every == 0:
             checkpointer.save(state)
-        if stopped_by:
-            logger.print(f"received {stopped_by}: checkpoint saved at iteration {state.iteration}; "
-                         f"exiting (code {EXIT_STOPPED_EARLY}) so the job can be resumed")
-            break
+            saved_at = state.iteration
+
+    if recipe.checkpoint.save and state.iteration > saved_at:
+        checkpointer.save(state)
+        saved_at = state.iteration
+    if stopped_by:
+        if not recipe.checkpoint.save:
+            outcome = "checkpoint.save is not set, nothing saved"
+        elif state.iteration == started_at:
+            outcome = f"stopped before training, nothing new to save (iteration {state.iteration})"
+        else:
+            outcome = f"checkpoint saved at iteration {saved_at}"
+        logger.print(f"received {stopped_by}: {outcome}; exiting (code {EXIT_STOPPED_EARLY}) so the job can be resumed")
 
     logger.close()
     shutdown()
@@ -148,6 +167,10 @@ def train(recipe: Recipe) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from megatron_ext.training import signals
+
+    signals.watch()
+    signals.die_with_launcher()
     args = parse_args(argv)
     try:
         from omegaconf import OmegaConf
@@ -156,6 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if recipe.train.preflight:
             from megatron_ext.preflight import preflight
 
+            signals.stop_watching()  # it trains nothing, so there is nothing to save
             return preflight(recipe)
         return train(recipe)
     except RecipeError as e:
