@@ -76,6 +76,7 @@ def test_signal_while_the_run_starts_stops_it_before_training(tmp_path, python_e
     assert_nothing_left(proc.pid, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_launcher_forwards_a_signal_and_returns_the_ranks_exit_code(tmp_path, python_env):
     ck, metrics = tmp_path / "ck", tmp_path / "run.jsonl"
     proc = start_train([*TINY_CPU, "train.train_iters=1000", f"checkpoint.save={ck}"], metrics, python_env, nproc=2)
