@@ -21,6 +21,7 @@ if __name__ == "__main__":  # before the imports below (seconds): an early SIGTE
 
 import argparse
 import sys
+import time
 from typing import Iterator, List, Optional
 
 import torch
@@ -118,6 +119,16 @@ def train(recipe: Recipe) -> int:
     # came while the run started or loaded its checkpoint stops it before it trains (nothing
     # to save), one that came during an iteration or a save stops it right after.
     started_at = saved_at = state.iteration
+
+    def save() -> None:
+        # Timed and sized: what a stop on scancel / preemption needs within the cluster's KillWait.
+        nonlocal saved_at
+        began = time.monotonic()
+        path = checkpointer.save(state)
+        saved_at = state.iteration
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if layout.is_logger else 0
+        logger.print(f"checkpoint save took {time.monotonic() - began:.1f} s, {size / 2**30:.2f} GiB")
+
     while True:
         stopped_by = signals.any_rank_signalled(device) if recipe.checkpoint.exit_signal_handler else None
         if stopped_by or state.iteration >= stop_at:
@@ -146,12 +157,10 @@ def train(recipe: Recipe) -> int:
         logger.step(state.iteration, work[0].item(), work[1].item(), loss, domain_loss,
                     scheduler.get_lr(optimizer.param_groups[0]), None if grad_norm is None else float(grad_norm), memory)
         if save_every and state.iteration % save_every == 0:
-            checkpointer.save(state)
-            saved_at = state.iteration
+            save()
 
     if recipe.checkpoint.save and state.iteration > saved_at:
-        checkpointer.save(state)
-        saved_at = state.iteration
+        save()
     if stopped_by:
         if not recipe.checkpoint.save:
             outcome = "checkpoint.save is not set, nothing saved"
