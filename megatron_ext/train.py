@@ -1,4 +1,6 @@
-"""Training entry point: ``torchrun ... -m megatron_ext.train RECIPE.yaml [key=value ...]``.
+"""Training entry point: ``python -m megatron_ext.train RECIPE.yaml [key=value ...]``.
+
+One process per rank: megatron_ext.launch (one machine) or srun (slurm/launch.sh) start several.
 
 A thin loop on Megatron-Core parts (GPTModel + TE spec, DDP, distributed optimizer,
 OptimizerParamScheduler, the forward-backward schedule, dist_checkpointing). Why not
@@ -8,7 +10,8 @@ typed recipe, it needs Python >= 3.12 (our CPU CI runs 3.11), and what ProLong n
 stage handoff) would be patches into its 4,700-line loop. See README "Design".
 
 Exit codes: 0 = train_iters reached; 3 = stopped early after saving a checkpoint (signal or
-train.exit_after_iters): resume by launching again; anything else = failure.
+train.exit_after_iters; or a signal before the first iteration, nothing new to save): resume by
+launching again; anything else = failure.
 """
 
 from __future__ import annotations

@@ -64,6 +64,17 @@ def test_group_signal_after_a_save_saves_again_and_leaves_no_process(tmp_path, p
     assert [it for it, _ in losses(m)] == [saved + 1, saved + 2]
 
 
+def test_a_killed_run_leaves_no_process_behind(tmp_path, python_env):
+    # After a save: the checkpoint writer's helper processes, if any, exist by then.
+    ck = tmp_path / "ck"
+    proc = start_train([*WITH_WORKERS, "train.train_iters=1000", f"checkpoint.save={ck}",
+                        "checkpoint.save_interval=1"], tmp_path / "run.jsonl", python_env)
+    wait_until(lambda: (ck / "latest_checkpointed_iteration.txt").exists(), proc, "first checkpoint")
+    proc.kill()
+    proc.wait()
+    assert_nothing_left(proc.pid, str(tmp_path))
+
+
 def test_signal_while_the_run_starts_stops_it_before_training(tmp_path, python_env):
     ck, metrics = tmp_path / "ck", tmp_path / "run.jsonl"
     proc = start_train([*WITH_WORKERS, "train.train_iters=1000", f"checkpoint.save={ck}"], metrics, python_env)

@@ -1,10 +1,10 @@
-"""The slurm/ scripts on a real one-node Slurm (no mocks of sbatch/srun): a stage, the whole
-pipeline, the signal -> checkpoint -> requeue -> resume cycle (two ranks with DataLoader
-workers, after a save), scancel, a signal at the very start of a job, the requeue cap, crashes,
-job arrays, --export=NONE and bad input. The node has no GPU: training stages run for real on
-the CPU (train.device=cpu, the same loop and checkpoint code), or in preflight mode
-(train.preflight=true: every step up to the first GPU operation, reported as "PREFLIGHT ONLY"),
-which trains nothing.
+"""The slurm/ scripts on a real two-node Slurm (no mocks of sbatch/srun): a stage, the whole
+pipeline, the signal -> checkpoint -> requeue -> resume cycle (a rank on each node, DataLoader
+workers, the signal after a save), scancel, a signal at the very start of a job, the requeue
+cap, crashes, job arrays, --export=NONE and bad input. The nodes have no GPU: training stages
+run for real on the CPU (train.device=cpu, the same loop and checkpoint code), or in preflight
+mode (train.preflight=true: every step up to the first GPU operation, reported as "PREFLIGHT
+ONLY"), which trains nothing.
 
 All long jobs are submitted at once by the `jobs` fixture so that they run side by side."""
 
@@ -175,7 +175,9 @@ def jobs(cluster, work):
     # C: a preflight from stage 1 whose stage 1 gets an invalid batch size: what depends on it is cancelled.
     run_c = work / "pipeline_failing"
     (run_c / "base").mkdir(parents=True)  # the import's output, which --from stage1 expects
-    site_c = write_site_env(work / "c.env", work, HF_MODEL=hf, RUN_DIR=run_c, STAGE1_OVERRIDES="train.global_batch_size=3",
+    (run_c / "base" / "model.yaml").write_text("model: {}\n")
+    site_c = write_site_env(work / "c.env", work, TASKS_PER_NODE=2, HF_MODEL=hf, RUN_DIR=run_c,
+                            STAGE1_OVERRIDES="train.global_batch_size=3",
                             **write_recipes(work / "recipes_c", run_c, work / "data_b"))
     out = run_script(cluster, "pipeline.sh", "--preflight", "--from", "stage1", site=site_c)
     assert out.returncode == 0, out.stderr
@@ -215,11 +217,12 @@ def jobs(cluster, work):
 # --- tests ----------------------------------------------------------------------------------
 
 def test_signal_after_a_save_saves_requeues_and_resumes(cluster, work, jobs):
-    # Two ranks with DataLoader workers, the signal after a first save: the second save is the
-    # one that failed when signals killed the checkpoint writer's helper process and the workers.
-    site = write_site_env(work / "signal.env", work, TASKS_PER_NODE=2)
-    job = submit(cluster, "--job-name=signal", "train", *TINY_STAGE1, "data.num_workers=2", "train.train_iters=8",
-                 "checkpoint.save_interval=2", f"checkpoint.save={work / 'signal'}", site=site)
+    # Two nodes, a rank on each, with DataLoader workers; the signal after a first save: the
+    # second save is the one that failed when signals killed the checkpoint writer's helper
+    # process and the workers.
+    site = write_site_env(work / "signal.env", work)
+    job = submit(cluster, "--job-name=signal", "--nodes=2", "train", *TINY_STAGE1, "data.num_workers=2",
+                 "train.train_iters=8", "checkpoint.save_interval=2", f"checkpoint.save={work / 'signal'}", site=site)
     wait_for_text(cluster, job, "iter 3/8")
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=cluster.env, check=True)
     log = finished_training(cluster, job, "COMPLETED", "0:0", restarts=1)
@@ -227,7 +230,7 @@ def test_signal_after_a_save_saves_requeues_and_resumes(cluster, work, jobs):
     assert saved, log
     iteration = int(saved.group(1))
     assert 3 <= iteration < 8
-    order = ["run 1, requeues so far 0 of at most 3", "received SIGUSR1", f"checkpoint saved at iteration {iteration}",
+    order = ["run 1, requeues so far 0 of at most 3: 2 node(s) x 1 tasks", "received SIGUSR1", f"checkpoint saved at iteration {iteration}",
              "requeueing (requeue 1 of at most 3)", "run 2, requeues so far 1 of at most 3",
              f"resumed from {work / 'signal'}/iter_{iteration:07d}: iteration {iteration}", "iter 8/8", "finished (exit 0)"]
     positions = [log.find(text) for text in order]
@@ -243,7 +246,7 @@ def test_signal_after_a_save_saves_requeues_and_resumes(cluster, work, jobs):
 def test_scancel_saves_and_is_not_requeued(cluster, work, jobs):
     # scancel signals every process of the job (ranks and DataLoader workers) and kills what is
     # left after KillWait: the save must be done by then.
-    site = write_site_env(work / "scancel.env", work, TASKS_PER_NODE=2)
+    site = write_site_env(work / "scancel.env", work)
     job = submit(cluster, "--job-name=scancel", "train", *TINY_STAGE1, "data.num_workers=2", "train.train_iters=1000",
                  "checkpoint.save_interval=2", f"checkpoint.save={work / 'scancel'}", site=site)
     wait_for_text(cluster, job, "iter 3/1000")
@@ -258,7 +261,7 @@ def test_scancel_saves_and_is_not_requeued(cluster, work, jobs):
 
 def test_a_signal_as_the_job_starts_requeues_it(cluster, work, jobs):
     # Sent as soon as the job has started: while the run info is written, or the ranks start.
-    site = write_site_env(work / "early.env", work, TASKS_PER_NODE=2)
+    site = write_site_env(work / "early.env", work)
     job = submit(cluster, "--job-name=early", "train", *TINY_STAGE1, "train.train_iters=2",
                  f"checkpoint.save={work / 'early'}", site=site)
     wait_for_text(cluster, job, "run 1, requeues so far 0")
@@ -286,7 +289,7 @@ def test_job_array_tasks_train_apart_without_the_submission_environment(cluster,
 
 def test_training_jobs_take_whole_nodes_by_default(cluster, work):
     site = write_site_env(work / "exclusive.env", work, TRAIN_EXCLUSIVE=1)
-    job = submit(cluster, "--hold", "--job-name=exclusive", "train", *TINY_STAGE1, site=site)
+    job = submit(cluster, "--begin=now+1hour", "--job-name=exclusive", "train", *TINY_STAGE1, site=site)
     info = cluster.job(job)
     subprocess.run(["scancel", job], env=cluster.env, check=True)
     assert info["OverSubscribe"] == "NO" and info["MinMemoryNode"] == "0", info
