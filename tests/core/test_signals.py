@@ -37,7 +37,10 @@ def assert_nothing_left(session: int, marker: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while processes_of(session, marker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert processes_of(session, marker) == []
+    left = processes_of(session, marker)
+    for line in left:  # never leave them running, even when failing
+        os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    assert left == []
 
 
 def tracker(ck: Path) -> int:
@@ -88,15 +91,33 @@ def test_signal_while_the_run_starts_stops_it_before_training(tmp_path, python_e
 
 
 @pytest.mark.slow
-def test_launcher_forwards_a_signal_and_returns_the_ranks_exit_code(tmp_path, python_env):
+def test_two_ranks_group_signal_after_a_save(tmp_path, python_env):
     ck, metrics = tmp_path / "ck", tmp_path / "run.jsonl"
-    proc = start_train([*TINY_CPU, "train.train_iters=1000", f"checkpoint.save={ck}"], metrics, python_env, nproc=2)
-    wait_until(lambda: read_metrics(metrics), proc, "first iteration")
-    os.kill(proc.pid, signal.SIGUSR1)  # the launcher only
+    proc = start_train([*WITH_WORKERS, "train.train_iters=1000", f"checkpoint.save={ck}", "checkpoint.save_interval=2"],
+                       metrics, python_env, nproc=2)
+    wait_until(lambda: (ck / "latest_checkpointed_iteration.txt").exists() and len(read_metrics(metrics)) >= 3,
+               proc, "checkpoint at iteration 2 and iteration 3")
+    os.killpg(proc.pid, signal.SIGUSR1)  # launcher, ranks and their workers
+    out = finish(proc, 300)
+    assert proc.returncode == 3, out  # the ranks' code, through the launcher
+    saved = tracker(ck)
+    assert saved >= 3 and f"received SIGUSR1: checkpoint saved at iteration {saved}" in out
+    assert_nothing_left(proc.pid, str(tmp_path))
+
+
+def test_launcher_passes_a_signal_on_to_ranks_that_are_starting(tmp_path, python_env):
+    proc = start_train([*TINY_CPU, "train.train_iters=1000", f"checkpoint.save={tmp_path}/ck"], tmp_path / "run.jsonl",
+                       python_env, nproc=2)
+
+    def ranks_started() -> bool:
+        ranks = [int(p.split(":")[0]) for p in processes_of(proc.pid, str(tmp_path)) if "megatron_ext.train" in p]
+        return len(ranks) == 2 and all(importing_torch(pid) for pid in ranks)
+
+    wait_until(ranks_started, proc, "two ranks")
+    os.kill(proc.pid, signal.SIGTERM)  # the launcher only
     out = finish(proc, 300)
     assert proc.returncode == 3, out
-    saved = tracker(ck)
-    assert saved >= 1 and f"received SIGUSR1: checkpoint saved at iteration {saved}" in out
+    assert "received SIGTERM: stopped before training, nothing new to save (iteration 0)" in out
     assert_nothing_left(proc.pid, str(tmp_path))
 
 

@@ -320,6 +320,7 @@ def test_pipeline_trains_every_stage_for_real(cluster, jobs):
     for step, job in ids.items():
         assert_state(final[job], "COMPLETED", "0:0", f"{step}:\n{logs[step]}")
         assert (info_dir(cluster, job) / "env.txt").exists()
+        assert "\r" not in logs[step], f"{step}: progress bars in the log"
     # afterok: no step started before the steps it depends on had ended
     start = {step: final[job]["StartTime"] for step, job in ids.items()}
     end = {step: final[job]["EndTime"] for step, job in ids.items()}
