@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_ext.config import load_recipe  # noqa: E402
-from megatron_ext.data.loader import build_dataset  # noqa: E402
+from megatron_ext.training.loader import build_dataset  # noqa: E402
 from megatron_ext.training.batch import pack_micro_batch  # noqa: E402
 
 

@@ -8,6 +8,10 @@ so document masking is credited only for the work it actually does.
 
 ``--stock`` also runs Megatron's stock configuration at the same shape (plain causal
 attention over the whole packed sequence: ``train.reset_attention_mask=false``).
+
+Each JSON line also holds what ``tools/plan.py --calibrate`` needs (warm-up, device, the
+launch environment) and the planner's prediction for the run next to the measurement. A run
+that runs out of GPU memory is recorded as such (``"oom": true``) instead of failing the batch.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,6 +31,36 @@ sys.path.insert(0, str(REPO))
 
 from megatron_ext.config import load_recipe  # noqa: E402
 from megatron_ext.net import free_port  # noqa: E402
+from megatron_ext.training.metrics import peak_tflops  # noqa: E402
+
+# Launch settings that change speed or memory, recorded with every row.
+ENV_KEYS = ("PYTORCH_CUDA_ALLOC_CONF", "CUDA_DEVICE_MAX_CONNECTIONS", "NVTE_FUSED_ATTN", "NVTE_FLASH_ATTN",
+            "NVTE_ALLOW_NONDETERMINISTIC_ALGO", "NCCL_ALGO", "NCCL_PROTO")
+
+
+def _device_name() -> str:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True) \
+        if shutil.which("nvidia-smi") else None
+    return out.stdout.splitlines()[0].strip() if out and out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def _out_of_memory(log: str) -> str:
+    """The log's out-of-memory message, if the run died of one."""
+    lines = [line for line in log.splitlines() if "out of memory" in line.lower()]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _prediction(row: dict) -> dict:
+    """What the planner (megatron_ext/planning) predicts for this run, next to the measurement."""
+    from megatron_ext.planning.fit import compare, measured_row
+    from megatron_ext.planning.terms import Calibration
+
+    try:
+        predicted = compare([measured_row(row)], Calibration.load())[0]
+    except Exception as e:  # a prediction must never lose a measurement
+        return {"prediction_error": f"{type(e).__name__}: {e}"}
+    return {"predicted_tokens_per_sec_per_gpu": round(predicted["tokens_per_sec_per_gpu"], 1),
+            "predicted_memory_gib": round(predicted["memory_gib"], 2)}
 
 
 def run(recipe: str, overrides: list, nproc: int, warmup: int, log_dir: Path, label: str) -> dict:
@@ -37,34 +72,50 @@ def run(recipe: str, overrides: list, nproc: int, warmup: int, log_dir: Path, la
     with open(log_dir / f"{label}.log", "w") as log:
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    if rc != 0 or len(rows) <= warmup:
-        tail = (log_dir / f"{label}.log").read_text()[-3000:]
-        raise RuntimeError(f"{label}: exit code {rc}, {len(rows)} iterations logged\n{tail}")
     r = load_recipe(REPO / recipe, overrides, world_size=nproc)
     p, t = r.parallel, r.train
-    steady = rows[warmup:]
-    median = lambda key: statistics.median(m[key] for m in steady)  # noqa: E731
-    return {
-        "label": label, "recipe": recipe, "overrides": overrides, "gpus": nproc,
+    device = _device_name()
+    row = {
+        "label": label, "recipe": recipe, "overrides": overrides, "gpus": nproc, "warmup": warmup,
+        "device": device, "peak_tflops": peak_tflops(r, device) or 989.0,
+        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
         "tp": p.tensor_model_parallel_size, "cp": p.context_parallel_size,
         "dp": nproc // (p.tensor_model_parallel_size * p.context_parallel_size),
         "cp_comm_type": p.cp_comm_type, "recompute": p.recompute_granularity, "fp8": r.precision.fp8,
-        "seq_length": t.seq_length, "global_batch_size": t.global_batch_size,
-        "document_masking": t.reset_attention_mask, "iterations_measured": len(steady),
+        "seq_length": t.seq_length, "global_batch_size": t.global_batch_size, "train_iters": t.train_iters,
+        "document_masking": t.reset_attention_mask,
+    }
+    if rc != 0 or len(rows) <= warmup:
+        log = (log_dir / f"{label}.log").read_text()
+        oom = _out_of_memory(log)
+        if oom:
+            return {**row, "oom": True, "fit": False, "note": oom, "iterations_logged": len(rows),
+                    **_prediction(row)}
+        raise RuntimeError(f"{label}: exit code {rc}, {len(rows)} iterations logged\n{log[-3000:]}")
+    steady = rows[warmup:]
+    median = lambda key: statistics.median(m[key] for m in steady)  # noqa: E731
+    row.update({
+        "iterations_measured": len(steady),
         "tokens_per_sec_per_gpu": median("tokens_per_sec_per_gpu"), "tflops_per_gpu": median("tflops_per_gpu"),
         "mfu": median("mfu") if "mfu" in steady[0] else None, "iteration_time_s": median("iteration_time_s"),
         "peak_memory_gib": max(m["max_memory_gib"] for m in rows),
-    }
+    })
+    return {**row, **_prediction(row)}
 
 
 def markdown(rows: list) -> str:
-    lines = ["| run | GPUs | TP×CP×DP | seq | doc masking | tokens/s/GPU | TFLOP/s/GPU | MFU | s/iter | peak mem GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | GPUs | TP×CP×DP | seq | doc masking | tokens/s/GPU (predicted) | TFLOP/s/GPU | MFU | s/iter | "
+             "peak mem GiB (predicted) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        predicted = (f" ({r['predicted_tokens_per_sec_per_gpu']:.0f})", f" ({r['predicted_memory_gib']:.1f})") \
+            if "predicted_memory_gib" in r else ("", "")
+        shape = f"| {r['label']} | {r['gpus']} | {r['tp']}×{r['cp']}×{r['dp']} | {r['seq_length']} | {r['document_masking']} |"
+        if r.get("oom"):
+            lines.append(f"{shape} out of memory{predicted[0]} | | | | {predicted[1]} |")
+            continue
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        lines.append(f"| {r['label']} | {r['gpus']} | {r['tp']}×{r['cp']}×{r['dp']} | {r['seq_length']} | "
-                     f"{r['document_masking']} | {r['tokens_per_sec_per_gpu']:.0f} | {r['tflops_per_gpu']:.1f} | "
-                     f"{mfu} | {r['iteration_time_s']:.2f} | {r['peak_memory_gib']:.1f} |")
+        lines.append(f"{shape} {r['tokens_per_sec_per_gpu']:.0f}{predicted[0]} | {r['tflops_per_gpu']:.1f} | "
+                     f"{mfu} | {r['iteration_time_s']:.2f} | {r['peak_memory_gib']:.1f}{predicted[1]} |")
     return "\n".join(lines)
 
 

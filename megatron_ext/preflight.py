@@ -48,7 +48,7 @@ def _checkpoint_plan(recipe: Recipe) -> str:
 
 
 def preflight(recipe: Recipe) -> int:
-    from megatron_ext.data.loader import build_dataset, micro_batches
+    from megatron_ext.training.loader import build_dataset, micro_batches
     from megatron_ext.training.distributed import _rank_env
 
     rank, world_size, local_rank = _rank_env()

@@ -70,11 +70,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def train(recipe: Recipe) -> int:
+    from megatron_ext.training.cuda_allocator import use_expandable_segments
+
+    use_expandable_segments()  # read when CUDA initializes: before anything (even an import) touches it
     from megatron.core import parallel_state
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_ext.data.loader import build_dataset, micro_batches
+    from megatron_ext.training.loader import build_dataset, micro_batches
     from megatron_ext.model.llama import build_gpt_model, transformer_config
     from megatron_ext.training.checkpoint import Checkpointer
     from megatron_ext.training.distributed import initialize, shutdown

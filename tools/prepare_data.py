@@ -15,6 +15,8 @@ Examples:
 
 Prints (and saves as <prefix>.summary.txt / <prefix>.lengths.png) documents, tokens, the
 length histogram and every skipped record counted by reason with examples (file:line).
+Exit codes: 0 = written; 2 = refused (bad input, or an output would be empty): nothing written;
+1 = a write failed (disk full): nothing written, the message names the file.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from megatron_ext.data.cli import run_tool
+from megatron_ext.data.indexed import writing
 from megatron_ext.data.prepare import OutputSpec, PrepareConfig, prepare, summary_text
-from megatron_ext.data.sources import CODE_EXTENSIONS, INPUT_FORMATS, InputError, SourceConfig
+from megatron_ext.data.sources import CODE_EXTENSIONS, INPUT_FORMATS, SourceConfig
 from megatron_ext.data.summary import save_length_histogram
 
 
@@ -79,19 +83,20 @@ def main(argv=None) -> int:
     outputs = [OutputSpec(args.output_prefix, args.min_tokens, args.max_tokens)] + args.bucket
     cfg = PrepareConfig(source=source, tokenizer=args.tokenizer, outputs=outputs, add_bos=args.bos,
                         add_eos=args.eos, workers=args.workers, progress=not args.no_progress)
-    try:
+
+    def action() -> None:
         report = prepare(cfg)
-    except (InputError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    text = summary_text(report)
-    print(text)
-    Path(args.output_prefix + ".summary.txt").write_text(text + "\n")
-    png = args.output_prefix + ".lengths.png"
-    save_length_histogram(report.lengths, png, f"{Path(args.output_prefix).name}: document lengths",
-                          [(o.min_tokens, o.max_tokens) for o in outputs])
-    print(f"histogram: {png}")
-    return 0
+        text = summary_text(report)
+        print(text)
+        with writing(args.output_prefix + ".summary.txt"):
+            Path(args.output_prefix + ".summary.txt").write_text(text + "\n")
+        png = args.output_prefix + ".lengths.png"
+        with writing(png):
+            save_length_histogram(report.lengths, png, f"{Path(args.output_prefix).name}: document lengths",
+                                  [(o.min_tokens, o.max_tokens) for o in outputs])
+        print(f"histogram: {png}")
+
+    return run_tool(action)
 
 
 if __name__ == "__main__":

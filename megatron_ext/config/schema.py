@@ -57,6 +57,28 @@ class ParallelConfig:
     # For full recompute: uniform | block.
     recompute_method: Optional[str] = None
     recompute_num_layers: Optional[int] = None
+    # --- Memory/throughput knobs (tools/plan.py predicts them; recipes/hardware/ picks them) ---
+    # Selective recompute: the submodules to recompute in every layer. mlp (the SwiGLU MLP and
+    # its RMSNorm: most of a layer's activations, no attention recomputed), core_attn
+    # (attention; TE's fused attention saves little there). null = Megatron's default, [core_attn].
+    recompute_modules: Optional[List[str]] = None
+    # Layer-level activation offloading through Transformer Engine: the activations of
+    # cpu_offloading_num_layers layers wait in host memory between forward and backward.
+    # Megatron-Core refuses it together with recompute.
+    cpu_offloading: bool = False
+    cpu_offloading_num_layers: int = 0
+    # Fine-grained activation offloading: the inputs of these submodules of every layer wait
+    # in host memory (qkv_linear, core_attn, attn_proj); composes with recompute.
+    fine_grained_activation_offloading: bool = False
+    offload_modules: List[str] = field(default_factory=list)
+    # Data-parallel communication overlapped with compute (DistributedDataParallelConfig):
+    # gradient reduce-scatter during backward; parameter all-gather during the next forward
+    # (needs the distributed optimizer and overlap_grad_reduce).
+    overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = False
+    # Tensor-parallel communication overlapped with the GEMMs (Transformer Engine userbuffers,
+    # bootstrapped over NCCL, no MPI). Needs TP > 1 with sequence parallelism and CP = 1.
+    tp_comm_overlap: bool = False
 
 
 @dataclass
@@ -105,6 +127,11 @@ class OptimizerConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1.0e-8
     clip_grad: float = 1.0
+    # Keep this fraction of the fp32 master weights and Adam moments in host memory and step
+    # them on the CPU (Megatron-Core's HybridDeviceOptimizer): frees up to 12 bytes/parameter
+    # (sharded over DP x CP) for a slower optimizer step.
+    optimizer_cpu_offload: bool = False
+    optimizer_offload_fraction: float = 1.0
 
 
 @dataclass
@@ -194,6 +221,14 @@ class DataConfig:
     synthetic: Optional[SyntheticDataConfig] = None
     domains: List[DomainConfig] = field(default_factory=list)
     num_workers: int = 2
+    # Hash every dataset file at start-up against the sha256 recorded when it was prepared:
+    # catches same-size corruption, which the always-on size checks cannot. Costs a full read of
+    # the data on every rank (docs/data.md has the speed); run it once with train.preflight=true.
+    verify_checksums: bool = False
+    # Deal each global batch's samples to the data-parallel ranks so that their attention +
+    # GEMM work is balanced (documents differ up to ~30x in cost). The batch holds the same
+    # samples either way; the loss differs only by float rounding of the reduction order.
+    balance_data_parallel: bool = True
 
 
 @dataclass

@@ -292,6 +292,82 @@ def _check_checkpoint_and_data(r: Recipe, problems: List[str]) -> None:
         problems.append(f"data.domains: shares must sum to 1, got {sum(dom.share for dom in d.domains):.6f} ({shares})")
 
 
+# Megatron-Core 0.19's submodule names that do something in our layers. It also accepts MoE,
+# MLA and GatedDeltaNet names, and norm names that are no-ops here: Transformer Engine fuses
+# each RMSNorm into the GEMM after it, so there is no separate norm to recompute or offload.
+RECOMPUTE_MODULES = ("core_attn", "mlp")
+OFFLOAD_MODULES = ("qkv_linear", "core_attn", "attn_proj")
+FUSED_NORMS = ("layernorm", "attn_norm", "mlp_norm")
+
+
+def _module_list_problem(key: str, modules, allowed) -> Optional[str]:
+    unknown = sorted(set(modules) - set(allowed))
+    if not unknown:
+        return None
+    why = " (Transformer Engine fuses the RMSNorms into the next GEMM)" if set(unknown) & set(FUSED_NORMS) else ""
+    return f"{key}: {unknown} not among {', '.join(allowed)}{why}"
+
+
+def _check_memory_and_overlap(r: Recipe, problems: List[str]) -> None:
+    """Recompute, offloading and communication-overlap knobs: what Megatron-Core would assert
+    on deep inside, and what cannot run under CPU emulation (no Transformer Engine there)."""
+    p, o = r.parallel, r.optimizer
+    on_cpu = r.train.device == "cpu"
+    no_te = "needs Transformer Engine on GPUs; train.device is cpu"
+    if p.recompute_modules is not None:
+        if p.recompute_granularity != "selective":
+            problems.append("parallel.recompute_modules: only used with recompute_granularity=selective")
+        problem = _module_list_problem("parallel.recompute_modules", p.recompute_modules, RECOMPUTE_MODULES)
+        if problem:
+            problems.append(problem)
+    if p.cpu_offloading:
+        if not 1 <= p.cpu_offloading_num_layers < r.model.num_layers:
+            problems.append(f"parallel.cpu_offloading_num_layers: must be in [1, model.num_layers={r.model.num_layers}), "
+                            f"got {p.cpu_offloading_num_layers}")
+        if p.recompute_granularity is not None:
+            problems.append("parallel.cpu_offloading: Megatron-Core cannot combine layer offloading with activation "
+                            "recompute; set recompute_granularity=null or use fine_grained_activation_offloading")
+        if on_cpu:
+            problems.append(f"parallel.cpu_offloading: {no_te}")
+    if p.fine_grained_activation_offloading:
+        if not p.offload_modules:
+            problems.append(f"parallel.offload_modules: list the submodules whose inputs to offload, from "
+                            f"{', '.join(OFFLOAD_MODULES)}")
+        problem = _module_list_problem("parallel.offload_modules", p.offload_modules, OFFLOAD_MODULES)
+        if problem:
+            problems.append(problem)
+        if "attn_proj" in p.offload_modules and "core_attn" not in p.offload_modules:
+            problems.append("parallel.offload_modules: attn_proj needs core_attn too (its input is core_attn's output)")
+        if p.cpu_offloading:
+            problems.append("parallel.fine_grained_activation_offloading: use either it or cpu_offloading, not both")
+        if on_cpu:
+            problems.append(f"parallel.fine_grained_activation_offloading: {no_te}")
+    elif p.offload_modules:
+        problems.append("parallel.offload_modules: only used with fine_grained_activation_offloading=true")
+    if p.overlap_param_gather and not (p.use_distributed_optimizer and p.overlap_grad_reduce):
+        problems.append("parallel.overlap_param_gather: needs use_distributed_optimizer=true and overlap_grad_reduce=true")
+    if p.tp_comm_overlap:
+        if p.tensor_model_parallel_size < 2 or not p.sequence_parallel:
+            problems.append("parallel.tp_comm_overlap: overlaps the sequence-parallel all-gathers and reduce-scatters; "
+                            "needs tensor_model_parallel_size > 1 and sequence_parallel=true")
+        if p.context_parallel_size > 1:
+            problems.append("parallel.tp_comm_overlap: Transformer Engine's userbuffers have a fixed token count, but "
+                            "under CP every document is padded, so micro-batches differ in length; use CP=1")
+        if on_cpu:
+            problems.append(f"parallel.tp_comm_overlap: {no_te}")
+    if o.optimizer_cpu_offload:
+        if not 0 < o.optimizer_offload_fraction <= 1:
+            problems.append(f"optimizer.optimizer_offload_fraction: must be in (0, 1], got {o.optimizer_offload_fraction}")
+        if not p.use_distributed_optimizer or o.optimizer != "adam":
+            problems.append("optimizer.optimizer_cpu_offload: needs parallel.use_distributed_optimizer=true and "
+                            "optimizer.optimizer=adam (Megatron-Core's precision-aware optimizer path)")
+        if on_cpu:
+            # The CPU (local) layer spec keeps RMSNorm weights in fp32, and Megatron-Core's
+            # offloading path cannot step fp32 parameter shards (they are views).
+            problems.append("optimizer.optimizer_cpu_offload: runs on GPUs only (Megatron-Core's offloaded optimizer "
+                            "needs all-bf16 parameters, which only the Transformer Engine layers have)")
+
+
 def validate(recipe: Recipe, world_size: Optional[int] = None) -> None:
     """Raise RecipeError listing every problem (not just the first)."""
     problems: List[str] = []
@@ -301,5 +377,6 @@ def validate(recipe: Recipe, world_size: Optional[int] = None) -> None:
     _check_multi_query_attention(recipe, problems)
     _check_train(recipe, problems)
     _check_checkpoint_and_data(recipe, problems)
+    _check_memory_and_overlap(recipe, problems)
     if problems:
         raise RecipeError(problems)

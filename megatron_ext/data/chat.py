@@ -1,7 +1,10 @@
 """Chat conversations -> Llama-3 chat template -> token ids + a loss mask on assistant tokens.
 
 Accepted records: UltraChat / OpenAI style ``{"messages": [{"role", "content"}, ...]}`` and
-ShareGPT style ``{"conversations": [{"from", "value"}, ...]}``.
+ShareGPT style ``{"conversations": [{"from", "value"}, ...]}``. OpenAI-style list content
+(``[{"type": "text", "text": ...}, ...]``) is joined as Llama-3.1's own chat template joins it:
+each text part stripped, concatenated; a non-text part (an image) makes the record unusable for
+a text model. Empty turns are dropped (and counted), the rest of the conversation is kept.
 
 The template is assembled token by token rather than rendered as a string and re-tokenized,
 so each id is known to belong to a header or to a message body (and message text containing
@@ -40,8 +43,24 @@ class Turn:
     content: str
 
 
-def parse_conversation(record: object) -> List[Turn]:
-    """Turns of one UltraChat- or ShareGPT-style record, or BadConversation saying why not."""
+def _content(value: object, text_key: str) -> str:
+    """A turn's text: a string, or OpenAI-style parts; None (tool-call turns) is empty."""
+    if value is None or isinstance(value, str):
+        return (value or "").strip()
+    if isinstance(value, list):
+        texts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise BadConversation(f"a turn's content has a non-text part ({kind})")
+            texts.append(part["text"].strip())
+        return "".join(texts)
+    raise BadConversation(f"a turn has no string or list '{text_key}'")
+
+
+def parse_conversation(record: object) -> Tuple[List[Turn], int]:
+    """(turns, empty turns dropped) of one UltraChat- or ShareGPT-style record, or
+    BadConversation saying why it is unusable."""
     if not isinstance(record, dict):
         raise BadConversation("record is not a JSON object")
     if isinstance(record.get("messages"), list):
@@ -50,19 +69,21 @@ def parse_conversation(record: object) -> List[Turn]:
         raw, role_key, text_key = record["conversations"], "from", "value"
     else:
         raise BadConversation("no 'messages' (role/content) or 'conversations' (from/value) list")
-    turns = []
+    turns, dropped = [], 0
     for message in raw:
-        if not isinstance(message, dict) or not isinstance(message.get(text_key), str):
-            raise BadConversation(f"a turn has no string '{text_key}'")
+        if not isinstance(message, dict) or text_key not in message:
+            raise BadConversation(f"a turn has no '{text_key}'")
         role = ROLE_ALIASES.get(str(message.get(role_key, "")).lower())
         if role is None:
             raise BadConversation(f"unknown role '{message.get(role_key)}'")
-        if not message[text_key].strip():
-            raise BadConversation(f"empty {role} turn")
-        turns.append(Turn(role, message[text_key].strip()))
+        content = _content(message[text_key], text_key)
+        if content:
+            turns.append(Turn(role, content))
+        else:
+            dropped += 1
     if not any(t.role == "assistant" for t in turns):
-        raise BadConversation("no assistant turn (nothing to train on)")
-    return turns
+        raise BadConversation("no assistant turn with content (nothing to train on)")
+    return turns, dropped
 
 
 def encode_conversation(turns: List[Turn], tokenizer: Tokenizer) -> Tuple[np.ndarray, np.ndarray]:

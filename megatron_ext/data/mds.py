@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from megatron_ext.data.indexed import DatasetWriter
-from megatron_ext.data.summary import SkipLog
+from megatron_ext.data.summary import CountLog
 
 _NDARRAY_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 18: "float16", 32: "uint32", 33: "int32",
                    34: "float32", 64: "uint64", 65: "int64", 66: "float64"}
@@ -38,20 +38,36 @@ class MDSError(ValueError):
     """The MDS input as a whole cannot be read."""
 
 
+_PACKAGES = {"zstd": "zstandard", "br": "brotli", "snappy": "python-snappy"}
+
+
+def _decompressor(algo: str):
+    if algo == "zstd":
+        import zstandard  # the data extra's zstd library: prepare_data reads .zst inputs with it too
+
+        return lambda data: zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    if algo == "br":
+        import brotli
+
+        return brotli.decompress
+    import snappy
+
+    return snappy.decompress
+
+
 def _decompress(data: bytes, compression: str, shard: str) -> bytes:
     algo = compression.split(":")[0]
     if algo == "gz":
         return gzip.decompress(data)
     if algo == "bz2":
         return bz2.decompress(data)
-    modules = {"zstd": ("zstd", "zstd"), "br": ("brotli", "brotli"), "snappy": ("snappy", "python-snappy")}
-    if algo not in modules:
+    if algo not in _PACKAGES:
         raise MDSError(f"{shard}: unknown compression '{compression}'")
-    module, package = modules[algo]
     try:
-        return __import__(module).decompress(data)
+        decompress = _decompressor(algo)
     except ImportError:
-        raise MDSError(f"{shard}: {algo}-compressed; pip install {package}") from None
+        raise MDSError(f"{shard}: {algo}-compressed; pip install {_PACKAGES[algo]}") from None
+    return decompress(data)
 
 
 def _decode(encoding: str, data: bytes) -> object:
@@ -83,39 +99,68 @@ def _decode(encoding: str, data: bytes) -> object:
     raise MDSError(f"column encoding '{encoding}' is not supported (pickle columns are refused as unsafe)")
 
 
+def _column_sizes(blob: bytes, sizes: List[Optional[int]]) -> Tuple[List[int], int]:
+    """Each column's byte size in one sample (variable sizes lead the sample as u32), and where the data starts."""
+    at, out = 0, []
+    for size in sizes:
+        if size is None:
+            size = int(np.frombuffer(blob, np.uint32, count=1, offset=at)[0])
+            at += 4
+        out.append(size)
+    if at + sum(out) != len(blob):
+        raise ValueError(f"columns take {at + sum(out):,} bytes of a {len(blob):,}-byte sample")
+    return out, at
+
+
 @dataclass
 class _Shard:
     path: Path
     info: dict
 
-    def samples(self) -> Iterator[Tuple[str, Dict[str, object]]]:
-        raw_name = self.info["raw_data"]["basename"]
-        raw = self.path / raw_name
+    def _data(self) -> Tuple[str, bytes]:
+        raw = self.path / self.info["raw_data"]["basename"]
         if raw.exists():
-            data = raw.read_bytes()
-        elif self.info.get("zip_data"):
+            return str(raw), raw.read_bytes()
+        if self.info.get("zip_data"):
             zipped = self.path / self.info["zip_data"]["basename"]
             if not zipped.exists():
                 raise MDSError(f"shard missing: neither {raw} nor {zipped} exists")
-            data = _decompress(zipped.read_bytes(), self.info["compression"], str(zipped))
-        else:
-            raise MDSError(f"shard missing: {raw}")
-        count = int(np.frombuffer(data, np.uint32, count=1)[0])
-        offsets = np.frombuffer(data, np.uint32, count=count + 1, offset=4)
+            try:
+                return str(zipped), _decompress(zipped.read_bytes(), self.info["compression"], str(zipped))
+            except MDSError:
+                raise
+            except Exception as e:  # each decompressor has its own error types
+                raise MDSError(f"{zipped}: corrupt shard, cannot decompress ({type(e).__name__}: {e})") from None
+        raise MDSError(f"shard missing: {raw}")
+
+    def samples(self) -> Iterator[Tuple[str, Dict[str, object]]]:
+        """(origin, sample) of every sample; MDSError naming the shard file if it is corrupt."""
+        name, data = self._data()
+        origin = str(self.path / self.info["raw_data"]["basename"])
+        try:
+            count = int(np.frombuffer(data, np.uint32, count=1)[0])
+            offsets = np.frombuffer(data, np.uint32, count=count + 1, offset=4).astype(np.int64)
+        except ValueError:
+            raise MDSError(f"{name}: corrupt shard: {len(data):,} bytes cannot hold its sample table") from None
+        samples, size = self.info.get("samples", count), self.info["raw_data"].get("bytes") or len(data)
+        if (count, len(data)) != (samples, size) or (np.diff(offsets) < 0).any() or offsets[0] < 4 * (count + 2) \
+                or offsets[-1] != len(data):
+            raise MDSError(f"{name}: corrupt shard: {count:,} samples in {len(data):,} bytes, index.json says "
+                           f"{samples:,} in {size:,}, and its sample table must lie within them")
         names, encodings, sizes = self.info["column_names"], self.info["column_encodings"], self.info["column_sizes"]
         for i in range(count):
-            blob, at = data[offsets[i]:offsets[i + 1]], 0
-            lengths = []
-            for size in sizes:
-                if size is None:
-                    size = int(np.frombuffer(blob, np.uint32, count=1, offset=at)[0])
-                    at += 4
-                lengths.append(size)
-            sample = {}
-            for name, encoding, size in zip(names, encodings, lengths):
-                sample[name] = _decode(encoding, blob[at:at + size])
-                at += size
-            yield f"{self.path / raw_name}:sample {i}", sample
+            blob = data[offsets[i]:offsets[i + 1]]
+            try:
+                lengths, at = _column_sizes(blob, sizes)
+                sample = {}
+                for column, encoding, size in zip(names, encodings, lengths):
+                    sample[column] = _decode(encoding, blob[at:at + size])
+                    at += size
+            except MDSError:
+                raise
+            except Exception as e:  # numpy, utf-8, json, int parsing: a column that is not what index.json says
+                raise MDSError(f"{name}: corrupt shard: sample {i} does not decode ({type(e).__name__}: {e})") from None
+            yield f"{origin}:sample {i}", sample
 
 
 def find_shards(root: str) -> List[_Shard]:
@@ -164,7 +209,7 @@ def document_spans(sample: Dict[str, object]) -> Tuple[np.ndarray, int]:
 class ImportReport:
     samples: int = 0
     tokens_outside_documents: int = 0
-    skips: SkipLog = field(default_factory=SkipLog)
+    skips: CountLog = field(default_factory=CountLog)
     lengths: array = field(default_factory=lambda: array("q"))
     outputs: List[dict] = field(default_factory=list)
 
@@ -176,7 +221,8 @@ def _domain_prefix(output_prefix: str, domain: str) -> str:
 def import_mds(root: str, output_prefix: str, split_by_domain: bool = False,
                tokenizer: Optional[dict] = None) -> ImportReport:
     """Convert every MDS sample under ``root``. ``tokenizer`` (Tokenizer.describe()) is
-    recorded in the metadata so the training side can check it against the model."""
+    recorded in the metadata so the training side can check it against the model. Each
+    output's metadata counts its own skips and dropped tokens; the report has the totals."""
     shards = find_shards(root)
     with_mask = {"mask" in s.info["column_names"] for s in shards}
     if len(with_mask) > 1:
@@ -188,35 +234,48 @@ def import_mds(root: str, output_prefix: str, split_by_domain: bool = False,
             raise MDSError(f"shards without an '{column}' column: {missing[:3]}")
     vocab = tokenizer["vocab_size"] if tokenizer else 2 ** 31 - 1
     writers: Dict[str, DatasetWriter] = {}
+    per_domain: Dict[str, ImportReport] = {}  # the same counts, per output
     report = ImportReport()
     try:
         for shard in shards:
             for origin, sample in shard.samples():
+                domain = str(sample.get("domain", "")) if split_by_domain else ""
+                counts = per_domain.setdefault(domain, ImportReport())
                 report.samples += 1
+                counts.samples += 1
+                tokens = np.asarray(sample["input_ids"]).reshape(-1).astype(np.int64)
                 try:
                     spans, outside = document_spans(sample)
+                    skip = None
                 except ValueError as e:
-                    report.skips.add(f"inconsistent sample: {e}", origin)
+                    skip = f"inconsistent sample: {e}"
+                if skip is None and len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab):
+                    skip = f"token ids outside [0, {vocab:,}) (the tokenizer's vocabulary)"
+                if skip:
+                    for r in (report, counts):
+                        r.skips.add(skip, origin)
                     continue
-                report.tokens_outside_documents += outside
-                tokens = np.asarray(sample["input_ids"]).reshape(-1).astype(np.int64)
-                if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab):
-                    report.skips.add(f"token ids outside [0, {vocab:,}) (the tokenizer's vocabulary)", origin)
-                    continue
+                for r in (report, counts):
+                    r.tokens_outside_documents += outside
                 mask = np.asarray(sample["mask"]).reshape(-1).astype(np.uint8) if with_mask else None
-                domain = str(sample.get("domain", "")) if split_by_domain else ""
                 if domain not in writers:
                     prefix = _domain_prefix(output_prefix, domain) if split_by_domain else output_prefix
                     writers[domain] = DatasetWriter(prefix, vocab, with_loss_mask=with_mask)
                 for start, end in spans:
                     writers[domain].add(tokens[start:end], None if mask is None else mask[start:end])
                     report.lengths.append(int(end - start))
+        if not writers:
+            raise MDSError(f"{root}: no usable sample ({report.samples:,} read, all skipped): nothing written")
+        for domain, writer in sorted(writers.items()):
+            counts = per_domain[domain]
+            meta = {"tokenizer": tokenizer, "source": str(root), "imported_from": "mds", "domain": domain or None,
+                    "samples": counts.samples, "skipped": counts.skips.counts(),
+                    "tokens_outside_documents": counts.tokens_outside_documents}
+            report.outputs.append({"prefix": writer.prefix, "domain": domain, **writer.finish(meta)})
+        for writer in writers.values():
+            writer.commit()
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
-    meta = {"tokenizer": tokenizer, "source": str(root), "imported_from": "mds", "skipped": report.skips.counts(),
-            "tokens_outside_documents": report.tokens_outside_documents}
-    for domain, writer in sorted(writers.items()):
-        report.outputs.append({"prefix": writer.prefix, "domain": domain, **writer.finish(meta)})
     return report

@@ -70,12 +70,13 @@ def blending_index(shares: Sequence[float], num_samples: int) -> Tuple[np.ndarra
     return domain_index, domain_sample_index
 
 
-def _open_domain(i: int, domain: DomainConfig, problems: List[str]) -> List[Tuple[str, PreparedDataset]]:
+def _open_domain(i: int, domain: DomainConfig, verify_checksums: bool,
+                 problems: List[str]) -> List[Tuple[str, PreparedDataset]]:
     opened = []
     for j, prefix in enumerate(domain.paths):
         try:
-            opened.append((f"data.domains[{i}].paths[{j}]", PreparedDataset(prefix)))
-        except (FileNotFoundError, ValueError) as e:
+            opened.append((f"data.domains[{i}].paths[{j}]", PreparedDataset(prefix, verify_checksums)))
+        except (OSError, ValueError) as e:  # not found, unreadable, files that disagree: named by the message
             problems.append(f"data.domains[{i}].paths[{j}]: domain '{domain.name}': {e}")
     return opened
 
@@ -113,12 +114,13 @@ class MixtureDataset:
     """``SampleDataset`` over a recipe's ``data.domains``."""
 
     def __init__(self, domains: Sequence[DomainConfig], seq_length: int, num_samples: int, seed: int,
-                 vocab_size: int):
+                 vocab_size: int, verify_checksums: bool = False):
         self.seq_length, self.num_samples = seq_length, num_samples
         self.domain_names = [d.name for d in domains]
         self.packing = [d.packing for d in domains]
+        self.checksums_verified = verify_checksums
         problems: List[str] = []
-        opened = [_open_domain(i, d, problems) for i, d in enumerate(domains)]
+        opened = [_open_domain(i, d, verify_checksums, problems) for i, d in enumerate(domains)]
         self.unverified = _check_tokenizers(dict(kv for o in opened for kv in o), vocab_size, problems)
         if problems:
             raise RecipeError(problems)
@@ -195,6 +197,12 @@ class MixtureDataset:
             domain=domain,
         )
 
+    def document_lengths(self, index: int) -> np.ndarray:
+        """Sample ``index``'s document (and SFT padding) lengths from its packer, reading no tokens."""
+        domain = int(self.domain_index[index])
+        segments = self.packers[domain].segments(int(self.domain_sample_index[index]))
+        return np.array([s.end - s.start for s in segments], dtype=np.int64)
+
     def summary(self) -> str:
         lines = [f"data: {self.num_samples:,} samples x {self.seq_length:,} tokens from {len(self.plans)} domains",
                  f"  {'domain':<20} {'packing':<7} {'share':>6} {'samples':>9} {'per epoch':>11} {'epochs':>7} "
@@ -203,6 +211,8 @@ class MixtureDataset:
             lines.append(f"  {p.name:<20} {p.packing:<7} {p.share:>6.3f} {p.samples:>9,} {p.samples_per_epoch:>11,.1f} "
                          f"{p.epochs:>7.2f} {p.documents:>10,} {p.tokens:>14,}")
             lines += [f"  {'':<20} {note}" for note in p.notes]
+        if self.checksums_verified:
+            lines.append("  every dataset file matches the sha256 recorded when it was prepared")
         if self.unverified:
             lines.append(f"  vocabulary not verified (no .meta.json; checked per sample): {', '.join(self.unverified)}")
         return "\n".join(lines)
@@ -211,4 +221,4 @@ class MixtureDataset:
 def build_mixture(recipe: Recipe) -> MixtureDataset:
     t = recipe.train
     return MixtureDataset(recipe.data.domains, t.seq_length, t.train_iters * t.global_batch_size, t.seed,
-                          recipe.model.vocab_size)
+                          recipe.model.vocab_size, recipe.data.verify_checksums)

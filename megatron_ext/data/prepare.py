@@ -4,6 +4,9 @@ One pass reads the inputs in a fixed order, tokenizes them in worker processes (
 back in input order, so the output is the same for any worker count) and writes every
 document to each output whose length range holds it: tokenize books once, get the stage-1
 >=64K set and the stage-2 64K-512K / >=512K sets together.
+
+A run writes every output or none: one that would be empty (every record skipped, or no
+document in its length range) fails the run with the reason, as does a failed write (disk full).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 from megatron_ext.data.chat import encode_conversation
 from megatron_ext.data.indexed import DatasetWriter
 from megatron_ext.data.sources import Document, SourceConfig, input_bytes, read_documents
-from megatron_ext.data.summary import SkipLog, length_histogram
+from megatron_ext.data.summary import CountLog, length_histogram
 from megatron_ext.data.tokenizer import Tokenizer, load_tokenizer
 
 Encoded = Tuple[np.ndarray, Optional[np.ndarray]]
@@ -57,7 +60,8 @@ class PrepareReport:
     tokenizer: dict
     outputs: List[dict]
     documents_read: int = 0
-    skips: SkipLog = field(default_factory=SkipLog)
+    skips: CountLog = field(default_factory=CountLog)
+    repairs: CountLog = field(default_factory=lambda: CountLog("repaired", "documents"))
     lengths: array = field(default_factory=lambda: array("q"))  # every tokenized document, kept or not
     tokens_tokenized: int = 0
     seconds: float = 0.0
@@ -72,9 +76,14 @@ class DocumentEncoder:
     def __call__(self, doc: Document) -> Encoded:
         if doc.turns is not None:
             return encode_conversation(doc.turns, self.tokenizer)
-        ids = self.tokenizer.encode(doc.text)
-        ids = [self.tokenizer.bos_id] * self.add_bos + ids + [self.tokenizer.eos_id] * self.add_eos
-        return np.asarray(ids, dtype=np.int64), None
+        ids = self.tokenizer.encode_array(doc.text)
+        tokens = np.empty(self.add_bos + len(ids) + self.add_eos, dtype=np.int32)
+        tokens[self.add_bos:self.add_bos + len(ids)] = ids
+        if self.add_bos:
+            tokens[0] = self.tokenizer.bos_id
+        if self.add_eos:
+            tokens[-1] = self.tokenizer.eos_id
+        return tokens, None
 
 
 _ENCODER: Optional[DocumentEncoder] = None
@@ -162,9 +171,24 @@ def _check_tokenizer(tokenizer: Tokenizer, cfg: PrepareConfig) -> None:
         raise ValueError(f"tokenizer {tokenizer.name} has no EOS token; use --no-eos")
 
 
+def _empty_output_problems(report: PrepareReport, writers: List[DatasetWriter], outputs: List[OutputSpec],
+                           inputs: List[str]) -> List[str]:
+    """Why outputs would be empty; an empty dataset cannot even be opened for training."""
+    if not report.documents_read:
+        return [f"no records in {', '.join(inputs)} (empty files?)"]
+    if not report.lengths:
+        reasons = "; ".join(f"{n:,} {reason} (e.g. {report.skips.examples(reason)[0]})"
+                            for reason, n in sorted(report.skips.counts().items(), key=lambda kv: -kv[1]))
+        return [f"every one of the {report.documents_read:,} records was skipped: {reasons}"]
+    lengths = np.frombuffer(report.lengths, dtype=np.int64)
+    return [f"{o.prefix}: no document of {o.describe()} (the {len(lengths):,} documents have "
+            f"{int(lengths.min()):,} to {int(lengths.max()):,} tokens)"
+            for w, o in zip(writers, outputs) if w.documents == 0]
+
+
 def prepare(cfg: PrepareConfig) -> PrepareReport:
-    """Tokenize ``cfg.source`` into every output; raises on unusable input as a whole, counts
-    unusable records (with examples) in the report."""
+    """Tokenize ``cfg.source`` into every output; raises on unusable input as a whole (and
+    writes nothing), counts unusable records (with examples) in the report."""
     from tqdm import tqdm
 
     if not cfg.outputs:
@@ -176,10 +200,12 @@ def prepare(cfg: PrepareConfig) -> PrepareReport:
     bos, eos = (True, False) if cfg.source.chat else (cfg.add_bos, cfg.add_eos)  # chat: the template's
     total_bytes = input_bytes(cfg.source)
     report = PrepareReport(tokenizer=tokenizer.describe(), outputs=[])
-    writers = [DatasetWriter(o.prefix, tokenizer.vocab_size, with_loss_mask=cfg.source.chat) for o in cfg.outputs]
+    writers: List[DatasetWriter] = []
     start = time.time()
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not cfg.progress)
     try:
+        for spec in cfg.outputs:
+            writers.append(DatasetWriter(spec.prefix, tokenizer.vocab_size, with_loss_mask=cfg.source.chat))
         for doc, encoded in _encoded(read_documents(cfg.source), cfg, DocumentEncoder(tokenizer, cfg.add_bos, cfg.add_eos), report):
             report.documents_read += 1
             bar.update(_chars(doc))
@@ -188,6 +214,8 @@ def prepare(cfg: PrepareConfig) -> PrepareReport:
             if encoded is None:
                 report.skips.add(doc.skipped, doc.origin)
                 continue
+            for reason, n in doc.repairs.items():
+                report.repairs.add(reason, doc.origin, n)
             tokens, mask = encoded
             report.lengths.append(len(tokens))
             report.tokens_tokenized += len(tokens)
@@ -198,20 +226,25 @@ def prepare(cfg: PrepareConfig) -> PrepareReport:
                 writer.add(tokens, mask)
             if report.documents_read % 256 == 0:
                 bar.set_postfix(docs=report.documents_read, tokens=f"{report.tokens_tokenized / 1e6:.1f}M", refresh=False)
+        problems = _empty_output_problems(report, writers, cfg.outputs, cfg.source.inputs)
+        if problems:
+            raise ValueError("nothing written: " + "; ".join(problems))
+        report.seconds = time.time() - start
+        report.peak_rss_bytes = peak_rss_bytes()
+        for writer, spec in zip(writers, cfg.outputs):
+            meta = {"tokenizer": report.tokenizer, "min_tokens": spec.min_tokens, "max_tokens": spec.max_tokens,
+                    "bos": bos, "eos": eos, "inputs": list(cfg.source.inputs),
+                    "input_format": cfg.source.input_format, "chat": cfg.source.chat,
+                    "skipped": report.skips.counts(), "repaired": report.repairs.counts()}
+            report.outputs.append({"prefix": spec.prefix, "range": spec.describe(), **writer.finish(meta)})
+        for writer in writers:  # only once every output is complete
+            writer.commit()
     except BaseException:
         for w in writers:
             w.abort()
         raise
     finally:
         bar.close()
-    report.seconds = time.time() - start
-    report.peak_rss_bytes = peak_rss_bytes()
-    for writer, spec in zip(writers, cfg.outputs):
-        meta = {"tokenizer": report.tokenizer, "min_tokens": spec.min_tokens, "max_tokens": spec.max_tokens,
-                "bos": bos, "eos": eos, "inputs": list(cfg.source.inputs),
-                "input_format": cfg.source.input_format, "chat": cfg.source.chat,
-                "skipped": report.skips.counts()}
-        report.outputs.append({"prefix": spec.prefix, "range": spec.describe(), **writer.finish(meta)})
     return report
 
 
@@ -224,6 +257,6 @@ def summary_text(report: PrepareReport) -> str:
     for out in report.outputs:
         lines.append(f"wrote {out['prefix']}: {out['documents']:,} documents, {out['tokens']:,} tokens, "
                      f"lengths {out['range']}{' + loss mask' if out['loss_mask'] else ''}")
-    lines += report.skips.lines()
+    lines += report.skips.lines() + (report.repairs.lines() if report.repairs.total() else [])
     lines += ["document lengths (tokens):"] + length_histogram(report.lengths)
     return "\n".join(lines)

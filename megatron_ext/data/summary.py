@@ -10,15 +10,19 @@ import numpy as np
 EXAMPLES_PER_REASON = 3
 
 
-class SkipLog:
-    """Counts of skipped records by reason, with the first few origins ("file:line") of each."""
+class CountLog:
+    """Counts by reason, with the first few origins ("file:line") of each: of records skipped, or
+    of documents repaired, where ``n`` counts what was repaired in one (bytes, turns)."""
 
-    def __init__(self):
+    def __init__(self, verb: str = "skipped", noun: str = "records"):
+        self.verb, self.noun = verb, noun
         self._counts: Counter = Counter()
+        self._records: Counter = Counter()
         self._examples: Dict[str, List[str]] = {}
 
-    def add(self, reason: str, origin: str) -> None:
-        self._counts[reason] += 1
+    def add(self, reason: str, origin: str, n: int = 1) -> None:
+        self._counts[reason] += n
+        self._records[reason] += 1
         examples = self._examples.setdefault(reason, [])
         if len(examples) < EXAMPLES_PER_REASON:
             examples.append(origin)
@@ -30,14 +34,17 @@ class SkipLog:
         return list(self._examples.get(reason, []))
 
     def total(self) -> int:
-        return sum(self._counts.values())
+        """Records (skips) or documents (repairs) counted."""
+        return sum(self._records.values())
 
     def lines(self) -> List[str]:
         if not self._counts:
-            return ["skipped: nothing"]
-        out = [f"skipped {self.total():,} records:"]
+            return [f"{self.verb}: nothing"]
+        out = [f"{self.verb} {self.total():,} {self.noun}:"]
         for reason, n in self._counts.most_common():
-            out.append(f"  {n:>10,}  {reason}  (e.g. {', '.join(self._examples[reason])})")
+            records = self._records[reason]
+            where = f"{records:,} {self.noun}, " if records != n else ""
+            out.append(f"  {n:>10,}  {reason}  ({where}e.g. {', '.join(self._examples[reason])})")
         return out
 
 

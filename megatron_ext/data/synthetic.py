@@ -34,6 +34,10 @@ class SyntheticDataset:
             left -= lengths[-1]
         return np.array(lengths, dtype=np.int64)
 
+    def document_lengths(self, index: int) -> np.ndarray:
+        """Sample ``index``'s document lengths: the first draws of the generator __getitem__ uses."""
+        return self.doc_lengths(np.random.default_rng([self.seed, index]))
+
     def __getitem__(self, index: int) -> PackedSample:
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range [0, {len(self)})")

@@ -46,6 +46,12 @@ def helmet_table(run: EvalRun) -> str:
     return "\n".join(lines)
 
 
+def text_loss_table(run: EvalRun) -> str:
+    lines = [_row(["held-out text", "loss (nats/token)", "tokens", "documents"]), _row(["---", "---:", "---:", "---:"])]
+    lines += [_row([name, f"{r['loss']:.4f}", str(r["tokens"]), str(r["documents"])]) for name, r in sorted(run.text_loss.items())]
+    return "\n".join(lines)
+
+
 def skipped_list(run: EvalRun) -> str:
     return "\n".join(f"- {s['what']}: {s['reason']}" for s in run.skipped)
 
@@ -65,6 +71,8 @@ def run_report(run: EvalRun, title: str) -> str:
         parts += ["## Recall (score x 100)", recall_table(run)]
     if run.short:
         parts += ["## Short-context tasks", short_table(run)]
+    if run.text_loss:
+        parts += ["## Held-out text loss", text_loss_table(run)]
     if run.helmet:
         parts += ["## HELMET (its own scoring, x 100)", helmet_table(run)]
     if run.skipped:
@@ -85,4 +93,8 @@ def compare_table(runs: list[EvalRun], labels: list[str]) -> str:
     if short_tasks:
         rows = [_row([lab] + [_pct(r.short[t]["value"]) if t in r.short else "–" for t in short_tasks]) for r, lab in zip(runs, labels)]
         parts += ["## Short-context tasks (x 100)", "\n".join([_row(["run"] + short_tasks), _row(["---"] + ["---:"] * len(short_tasks))] + rows)]
+    held_out = sorted({name for r in runs for name in r.text_loss})
+    if held_out:
+        rows = [_row([lab] + [f"{r.text_loss[n]['loss']:.4f}" if n in r.text_loss else "–" for n in held_out]) for r, lab in zip(runs, labels)]
+        parts += ["## Held-out text loss (nats/token)", "\n".join([_row(["run"] + held_out), _row(["---"] + ["---:"] * len(held_out))] + rows)]
     return "\n\n".join(parts) + "\n"

@@ -32,6 +32,7 @@ class EvalRun:
     samples: list[SampleResult] = field(default_factory=list)
     short: dict[str, dict] = field(default_factory=dict)  # task -> {"metric", "value", "metrics"}
     helmet: dict[str, dict[int, float]] = field(default_factory=dict)  # HELMET dataset -> length -> score
+    text_loss: dict[str, dict] = field(default_factory=dict)  # held-out file -> {"loss", "tokens", "documents"}
     skipped: list[dict] = field(default_factory=list)  # {"what", "reason"}
     complete: bool = False
 
@@ -65,6 +66,7 @@ class EvalRun:
             "depth_grid": {t: {str(n): {str(d): v for d, v in g.items()} for n, g in per.items()} for t, per in self.depth_grid().items()},
             "short": self.short,
             "helmet": {t: {str(n): v for n, v in per.items()} for t, per in self.helmet.items()},
+            "text_loss": self.text_loss,
             "skipped": self.skipped,
         }
         _atomic_write(out_dir / "samples.jsonl", "".join(json.dumps(asdict(s)) + "\n" for s in self.samples))
@@ -91,6 +93,7 @@ class EvalRun:
             samples=samples,
             short=data.get("short", {}),
             helmet={t: {int(n): v for n, v in per.items()} for t, per in data.get("helmet", {}).items()},
+            text_loss=data.get("text_loss", {}),
             skipped=data.get("skipped", []),
             complete=data.get("complete", False),
         )

@@ -46,6 +46,9 @@ class EvalConfig:
     helmet_samples: int = 100
     resume: bool = False
     overwrite: bool = False
+    loss_data: list[str] = field(default_factory=list)  # held-out .jsonl/.txt files: mean next-token loss
+    loss_max_tokens: int = 2048  # each document is cut to this many tokens
+    loss_limit: int | None = None  # documents per file
 
 
 def log(message: str) -> None:
@@ -96,8 +99,11 @@ def prepare_output(cfg: EvalConfig, out: Path, model_info: dict, settings: dict)
 def run_eval(cfg: EvalConfig) -> EvalRun:
     info = inspect_checkpoint(cfg.checkpoint, cfg.tokenizer)
     lengths = sorted(set(cfg.lengths))
-    check_lengths(lengths, info.max_position_embeddings, cfg.allow_beyond_max_position)
-    if lengths[0] < MIN_LENGTH:
+    if not lengths and not cfg.loss_data:
+        raise CheckpointError("nothing to evaluate: no --lengths and no --loss-data")
+    if lengths:
+        check_lengths(lengths, info.max_position_embeddings, cfg.allow_beyond_max_position)
+    if lengths and lengths[0] < MIN_LENGTH:
         raise CheckpointError(f"length {lengths[0]} is too short: below {MIN_LENGTH} tokens the prompts leave no room for a haystack")
     backend = resolve_backend(cfg.backend)
     if cfg.helmet_data not in ("local", "official"):
@@ -121,7 +127,8 @@ def run_eval(cfg: EvalConfig) -> EvalRun:
     }
     out = Path(cfg.out_dir)
     run = prepare_output(cfg, out, info.as_dict(), settings)
-    tasks = plan_tasks(cfg, backend, run)
+    tasks = plan_tasks(cfg, backend, run) if lengths else []
+    loss_docs = read_loss_data(cfg)  # before loading the model: a bad file should fail fast
 
     task_manager = None
     if backend == "lm-eval":  # before loading the model: a typo in --tasks should fail fast
@@ -136,11 +143,22 @@ def run_eval(cfg: EvalConfig) -> EvalRun:
     model = load_model(info, runtime)
     tokenizer = load_tokenizer(info)
 
+    for name, docs in loss_docs.items():
+        if name not in run.text_loss:
+            from megatron_ext.eval.text_loss import text_loss
+
+            started = time.time()
+            run.text_loss[name] = text_loss(model, tokenizer, docs, cfg.loss_max_tokens)
+            run.save(out)
+            log(f"held-out loss {name}: {run.text_loss[name]['loss']:.4f} over {run.text_loss[name]['tokens']} tokens "
+                f"({time.time() - started:.0f} s)")
+
     lm = None
     if backend == "lm-eval":
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=max(lengths) + max(LENGTH_MARGIN, max(lengths) // 32))
+        longest = max(lengths, default=4096)  # loss-only runs may still run short tasks
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=longest + max(LENGTH_MARGIN, longest // 32))
 
     for length in lengths:
         todo = [t for t in tasks if length not in run.scores.get(t, {})]
@@ -194,6 +212,22 @@ def run_eval(cfg: EvalConfig) -> EvalRun:
     return run
 
 
+def read_loss_data(cfg: EvalConfig) -> dict[str, list[str]]:
+    """Held-out documents per file, keyed by the file's stem (refusing two files of one name)."""
+    from megatron_ext.eval.text_loss import read_documents
+
+    docs: dict[str, list[str]] = {}
+    for path in cfg.loss_data:
+        name = Path(path).stem
+        if name in docs:
+            raise CheckpointError(f"--loss-data: two files are named {name!r}; the results are keyed by file name")
+        try:
+            docs[name] = read_documents(path)[:cfg.loss_limit]
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+    return docs
+
+
 def run_helmet_adapter(cfg: EvalConfig, run: EvalRun, out: Path, model_path: str, tokenizer, lengths: list[int], local_tasks: list[str]) -> None:
     from megatron_ext.eval import helmet
 
@@ -235,6 +269,9 @@ def finish(run: EvalRun, out: Path) -> None:
     if run.short:
         print()
         print(report.short_table(run))
+    if run.text_loss:
+        print()
+        print(report.text_loss_table(run))
     if run.skipped:
         print("\nSkipped:")
         print(report.skipped_list(run))

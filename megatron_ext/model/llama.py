@@ -48,6 +48,12 @@ def transformer_config(recipe: Recipe):
         recompute_granularity=p.recompute_granularity,
         recompute_method=p.recompute_method,
         recompute_num_layers=p.recompute_num_layers,
+        recompute_modules=p.recompute_modules,
+        cpu_offloading=p.cpu_offloading,
+        cpu_offloading_num_layers=p.cpu_offloading_num_layers,
+        fine_grained_activation_offloading=p.fine_grained_activation_offloading,
+        offload_modules=list(p.offload_modules),
+        tp_comm_overlap=p.tp_comm_overlap,
         bf16=pr.bf16,
         params_dtype=dtype,
         pipeline_dtype=dtype,
@@ -92,6 +98,24 @@ def check_deterministic_attention(recipe: Recipe) -> None:
                            f"on Hopper is limited to heads x local_seq^2 < 2^30 (here {heads} x {local_seq}^2)" + hint)
 
 
+def initialize_tp_comm_overlap(recipe: Recipe) -> None:
+    """Transformer Engine's userbuffers for parallel.tp_comm_overlap, before any TE layer exists.
+
+    One buffer per TP group holds a micro-batch's tokens x hidden: a packed THD micro-batch at
+    CP=1 is always micro_batch_size x seq_length tokens (validation refuses CP > 1). The
+    bootstrap runs over torch.distributed (NCCL), so no MPI is needed (TE >= 1.9)."""
+    from transformer_engine.pytorch import module as te_module
+
+    t, p = recipe.train, recipe.parallel
+    mode = te_module.base.UserBufferQuantizationMode
+    te_module.base.initialize_ub(
+        shape=[t.seq_length * t.micro_batch_size, recipe.model.hidden_size],
+        tp_size=p.tensor_model_parallel_size,
+        quantization_modes=[mode.FP8 if recipe.precision.fp8 else mode.NONE],
+        bootstrap_backend="nccl",
+    )
+
+
 def build_gpt_model(recipe: Recipe, config=None):
     """An unwrapped GPTModel on the current device (CPU with use_cpu_initialization)."""
     from megatron.core.models.gpt import GPTModel
@@ -104,6 +128,8 @@ def build_gpt_model(recipe: Recipe, config=None):
     config = config or transformer_config(recipe)
     if recipe.train.device == "cuda":
         check_deterministic_attention(recipe)
+        if recipe.parallel.tp_comm_overlap:
+            initialize_tp_comm_overlap(recipe)
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")

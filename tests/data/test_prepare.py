@@ -9,7 +9,7 @@ from data_helpers import load_tool
 
 from megatron_ext.data.indexed import PreparedDataset
 from megatron_ext.data.prepare import OutputSpec, PrepareConfig, prepare
-from megatron_ext.data.sources import InputError, SourceConfig
+from megatron_ext.data.sources import REPLACED_UTF8, InputError, SourceConfig
 
 TEXTS = ["The quick brown fox.", "Naïve café — 東京 🚀 <|eot_id|> stays text", "def f(x):\n    return x ** 2\n"]
 
@@ -73,7 +73,8 @@ def test_code_repositories_become_one_document_each(tmp_path, llama3):
     (repos / "alpha" / "pkg" / "b.py").write_text("B = 2\n")
     (repos / "alpha" / "a.py").write_text("A = 1\n")
     (repos / "alpha" / "README.md").write_text("# Alpha\n")
-    (repos / "alpha" / "blob.py").write_bytes(b"\xff\xfe binary")
+    (repos / "alpha" / "blob.py").write_bytes(b"\xff\xfeb\x00i\x00n\x00")  # UTF-16: binary
+    (repos / "alpha" / "latin1.py").write_bytes(b"caf\xe9 = 1\n")  # one byte that is not UTF-8
     (repos / "alpha" / "image.png").write_bytes(b"\x89PNG")
     (repos / "alpha" / ".git").mkdir()
     (repos / "alpha" / ".git" / "config.txt").write_text("secret")
@@ -84,11 +85,13 @@ def test_code_repositories_become_one_document_each(tmp_path, llama3):
     report = _prepare([repos], [OutputSpec(str(tmp_path / "code"))], input_format="code-repos", add_bos=False,
                       add_eos=False)
     docs = [llama3.decode(d) for d in _docs(str(tmp_path / "code"))]
-    assert docs == ["# File: README.md\n# Alpha\n\n# File: a.py\nA = 1\n\n# File: pkg/b.py\nB = 2\n",
-                    "# File: main.c\nint main(){}\n"]
-    assert report.skips.counts() == {"repository file not UTF-8": 1, "repository without matching files": 1,
-                                     "file outside any repository folder": 1}
-    assert report.skips.examples("repository file not UTF-8") == [str(repos / "alpha" / "blob.py")]
+    assert docs == ["# File: README.md\n# Alpha\n\n# File: a.py\nA = 1\n\n# File: latin1.py\ncaf\ufffd = 1\n\n"
+                    "# File: pkg/b.py\nB = 2\n", "# File: main.c\nint main(){}\n"]
+    assert report.skips.counts() == {"repository binary file (NUL bytes), not read": 1,
+                                     "repository without matching files": 1, "file outside any repository folder": 1}
+    assert report.skips.examples("repository binary file (NUL bytes), not read") == [str(repos / "alpha" / "blob.py")]
+    assert report.repairs.counts() == {REPLACED_UTF8: 1} and report.repairs.examples(REPLACED_UTF8) == [
+        str(repos / "alpha")]
 
 
 def test_workers_give_the_same_dataset_as_one_process(tmp_path, llama3):
@@ -101,7 +104,7 @@ def test_workers_give_the_same_dataset_as_one_process(tmp_path, llama3):
     assert report.peak_worker_rss_bytes > 0
 
 
-def test_bad_records_are_counted_with_file_and_line(tmp_path):
+def test_bad_records_are_counted_with_file_and_line(tmp_path, llama3):
     src = tmp_path / "bad.jsonl"
     src.write_bytes(b"\n".join([
         json.dumps({"text": "good one"}).encode(),
@@ -114,13 +117,16 @@ def test_bad_records_are_counted_with_file_and_line(tmp_path):
         b"",
         json.dumps({"text": "good two"}).encode(),
     ]) + b"\n")
-    report = _prepare([src], [OutputSpec(str(tmp_path / "out"))])
-    assert PreparedDataset(str(tmp_path / "out")).meta["documents"] == 2
+    report = _prepare([src], [OutputSpec(str(tmp_path / "out"))], add_bos=False, add_eos=False)
+    assert [llama3.decode(d) for d in _docs(str(tmp_path / "out"))] == [
+        "good one", "bad \ufffd byte", "lone \ufffd surrogate", "good two"]
     counts = report.skips.counts()
     assert counts.pop("malformed JSON (Unterminated string starting at)") == 1
-    assert counts == {"empty document": 1, "invalid UTF-8": 2, "no string 'text' field": 2}
-    assert report.skips.examples("invalid UTF-8") == [f"{src}:4", f"{src}:5"]
-    assert report.documents_read == 8 and report.skips.total() == 6
+    assert counts == {"empty document": 1, "no string 'text' field (--text-key)": 2}
+    assert report.repairs.counts() == {REPLACED_UTF8: 2}
+    assert report.repairs.examples(REPLACED_UTF8) == [f"{src}:4", f"{src}:5"]
+    assert report.documents_read == 8 and report.skips.total() == 4
+    assert PreparedDataset(str(tmp_path / "out")).meta["repaired"] == {REPLACED_UTF8: 2}
 
 
 def test_truncated_json_array_keeps_complete_records(tmp_path):

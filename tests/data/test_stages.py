@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import max_window_error
+from data_helpers import REPO, max_window_error
 
 from megatron_ext.config import load_recipe
-from megatron_ext.data.loader import build_dataset, micro_batches
 from megatron_ext.data.mixture import build_mixture
+from megatron_ext.training.loader import build_dataset, micro_batches
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -80,8 +80,23 @@ def test_sft_64k_packs_conversations_with_assistant_masks(mini_corpus, monkeypat
 def test_tiny_corpus_recipes_train_through_the_loader(path, mini_corpus, monkeypatch):
     monkeypatch.setenv("PROLONG_MINI_DATA", str(mini_corpus))
     recipe = load_recipe(RECIPES / path, ["data.num_workers=0"])
+    for domain in recipe.data.domains:  # the small corpus is sized for the tests, not for these recipes
+        domain.max_epochs = 1e6
     ds = build_dataset(recipe)
     batches = micro_batches(recipe, ds, consumed_samples=0, dp_rank=0, dp_size=1)
     for _ in range(3):
         batch = next(batches)
         assert batch.tokens.numel() >= recipe.train.seq_length
+
+
+def test_the_documented_cpu_corpus_command_is_small_and_runs_on_the_small_corpus(mini_corpus, monkeypatch):
+    """docs/data.md's CPU command for the corpus recipe: a few thousand tokens, not hours, and its
+    recipe builds on the --small corpus as the recipe stands (no upsampling beyond its own)."""
+    text = (REPO / "docs" / "data.md").read_text()
+    command = text[text.index("recipes/tiny/prolong_stage1_corpus.yaml \\\n    train.device=cpu"):].split("\n```")[0]
+    overrides = [word for word in command.replace("\\\n", " ").split() if "=" in word]
+    monkeypatch.setenv("PROLONG_MINI_DATA", str(mini_corpus))
+    recipe = load_recipe(RECIPES / "tiny/prolong_stage1_corpus.yaml", overrides + ["data.num_workers=0"])
+    t = recipe.train
+    assert t.device == "cpu" and t.train_iters * t.global_batch_size * t.seq_length <= 16_384
+    next(micro_batches(recipe, build_dataset(recipe), consumed_samples=0, dp_rank=0, dp_size=1))

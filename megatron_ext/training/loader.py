@@ -18,6 +18,7 @@ from megatron_ext.data.sample import SampleDataset
 from megatron_ext.data.sampler import DataParallelSampler
 from megatron_ext.data.synthetic import SyntheticDataset
 from megatron_ext.training.batch import MicroBatch, pack_micro_batch
+from megatron_ext.training.metrics import FlopsModel
 
 
 def build_dataset(recipe: Recipe) -> SampleDataset:
@@ -61,6 +62,13 @@ class _Indexed(torch.utils.data.Dataset):
         return self.dataset[index]
 
 
+def sample_cost(recipe: Recipe, dataset: SampleDataset):
+    """Training FLOPs of global sample i (GEMMs per token + attention per document), from its
+    document lengths alone: what data-parallel balancing evens out across ranks."""
+    flops = FlopsModel.from_recipe(recipe)
+    return lambda index: flops.training_flops(dataset.document_lengths(index).tolist())
+
+
 def _leave_signals_to_the_main_process(worker_id: int) -> None:
     """DataLoader workers ignore the stop signals. Slurm and ``kill -- -PGID`` signal every
     process of the job; a worker killed by one fails the run ("DataLoader worker ... killed by
@@ -74,8 +82,9 @@ def micro_batches(recipe: Recipe, dataset: SampleDataset, consumed_samples: int,
                   dp_size: int) -> Iterator[MicroBatch]:
     """Endless stream of this DP rank's micro-batches, starting after ``consumed_samples``."""
     t = recipe.train
+    cost = sample_cost(recipe, dataset) if recipe.data.balance_data_parallel else None
     sampler = DataParallelSampler(len(dataset), consumed_samples, t.micro_batch_size, t.global_batch_size,
-                                  dp_rank, dp_size)
+                                  dp_rank, dp_size, cost)
     workers = recipe.data.num_workers
     return iter(DataLoader(_Indexed(dataset), batch_sampler=sampler, collate_fn=_Collate(recipe),
                            num_workers=workers, pin_memory=t.device == "cuda", persistent_workers=workers > 0,

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Performance sweep on 2 GPUs (2xH200): the measured baselines again, then each candidate
+# setting, each as one benchmarks/throughput.py run appended to OUT/runs.jsonl (with the
+# planner's prediction next to the measurement), plus per-iteration profiles.
+#
+#   benchmarks/perf_sweep.sh OUT                 # the core cases (about 50 minutes on 2xH200)
+#   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
+#   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
+#   benchmarks/perf_sweep.sh --list
+#   DRY_RUN=1 benchmarks/perf_sweep.sh OUT all   # no GPU: validate every case, print the planner's predictions
+#
+# Afterwards:  python tools/plan.py --calibrate reports/data/perf_2xh200_2026-11-29/baseline.jsonl OUT/runs.jsonl
+# shows how well the planner predicted every run, refits its constants (add --write to keep them).
+# Stage-1 cases share the baseline's command (global batch 4, 7 iterations, 3 of warm-up), so
+# they measure the very same samples; stage-2 cases likewise. A case that runs out of memory
+# is recorded ("oom": true) and the sweep goes on; any other failure is listed in OUT/failed.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+
+S1=(recipes/bench/llama3_8b_64k.yaml train.global_batch_size=4 train.train_iters=7)
+S2=(recipes/bench/llama3_8b_512k.yaml train.seq_length=131072 parallel.context_parallel_size=2
+    train.global_batch_size=2 train.train_iters=6 data.synthetic.doc_length_max=131072
+    data.synthetic.doc_length_median=49152 data.synthetic.doc_length_min=16384 model.max_position_embeddings=131072)
+# 256K on CP 2: 128K tokens per GPU, the per-GPU load of 1M tokens on 8 GPUs.
+S3=(recipes/bench/llama3_8b_512k.yaml train.seq_length=262144 parallel.context_parallel_size=2
+    train.global_batch_size=2 train.train_iters=5 data.synthetic.doc_length_max=262144
+    data.synthetic.doc_length_median=98304 data.synthetic.doc_length_min=32768 model.max_position_embeddings=262144)
+NO_RECOMPUTE=(parallel.recompute_granularity=null parallel.recompute_method=null parallel.recompute_num_layers=null)
+SELECTIVE_MLP=(parallel.recompute_granularity=selective parallel.recompute_method=null
+               parallel.recompute_num_layers=null "parallel.recompute_modules=[mlp]")
+OFFLOAD_INPUTS=(parallel.fine_grained_activation_offloading=true "parallel.offload_modules=[qkv_linear,core_attn,attn_proj]")
+TP1_CP2=(parallel.tensor_model_parallel_size=1 parallel.context_parallel_size=2)
+# Data-parallel balancing on 2 GPUs: 8 layers fit one GPU each; 16 samples per global batch.
+DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_parallel_size=1
+     "${NO_RECOMPUTE[@]}" train.global_batch_size=16 train.train_iters=8)
+
+CORE=(s1_baseline s1_selective_mlp s1_block_16 s1_fp8_selective_mlp s2_baseline s2_p2p s2_selective_offload
+      s3_256k_optimizer_offload dp2_balanced dp2_in_order profile_s1 profile_s2)
+ALL=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
+     s1_cp2_p2p_selective s1_tp_comm_overlap s1_fp8_baseline s1_fp8_selective_mlp s1_offload_selective
+     s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_p2p s2_all_gather s2_a2a_p2p
+     s2_selective_offload s2_block_30 s2_tp2 s3_256k s3_256k_optimizer_offload s3_256k_tp2
+     dp2_balanced dp2_in_order layers4_document_vs_stock profile_s1 profile_s2 profile_s3)
+
+record() {  # DRY_RUN: note the case for validation and prediction at the end
+    python -c 'import json, sys; a = sys.argv[1:]
+print(json.dumps({"label": a[0], "gpus": int(a[1]), "warmup": int(a[2]), "recipe": a[3], "overrides": a[4:]}))' \
+        "$@" >> "$OUT/dry_run.jsonl"
+}
+
+bench() {  # bench LABEL NPROC WARMUP RECIPE [overrides...]
+    [ -n "${DRY_RUN:-}" ] && { record "$@"; return; }
+    local label=$1 nproc=$2 warmup=$3; shift 3
+    echo "=== $label: $*" | tee -a "$OUT/sweep.log"
+    python benchmarks/throughput.py --nproc "$nproc" --warmup "$warmup" --label "$label" ${STOCK:+"$STOCK"} \
+        --out "$OUT/runs.jsonl" --log-dir "$OUT/logs" "$@" 2>&1 | tee -a "$OUT/sweep.log" \
+        || echo "$label" >> "$OUT/failed.txt"
+}
+
+profile() {  # profile LABEL NPROC WARMUP RECIPE [overrides...]
+    [ -n "${DRY_RUN:-}" ] && { record "$@"; return; }
+    local label=$1 nproc=$2 warmup=$3; shift 3
+    echo "=== $label (profile): $*" | tee -a "$OUT/sweep.log"
+    python benchmarks/profile_iteration.py --nproc "$nproc" --warmup "$warmup" --out "$OUT/$label" "$@" \
+        2>&1 | tail -40 | tee -a "$OUT/sweep.log" || echo "$label" >> "$OUT/failed.txt"
+}
+
+run_case() {
+    case $1 in
+        # Stage 1 (64K, TP2+SP), the baseline command: 5,133 tokens/s/GPU, 81.8 GiB before.
+        s1_baseline)            bench "$1" 2 3 "${S1[@]}" ;;
+        s1_max_connections)     CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" ;;
+        s1_selective_mlp)       bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" ;;
+        s1_block_24)            bench "$1" 2 3 "${S1[@]}" parallel.recompute_method=block parallel.recompute_num_layers=24 ;;
+        s1_block_16)            bench "$1" 2 3 "${S1[@]}" parallel.recompute_method=block parallel.recompute_num_layers=16 ;;
+        s1_none)                bench "$1" 2 3 "${S1[@]}" "${NO_RECOMPUTE[@]}" ;;
+        s1_cp2_selective)       bench "$1" 2 3 "${S1[@]}" "${TP1_CP2[@]}" "${SELECTIVE_MLP[@]}" ;;
+        s1_cp2_p2p_selective)   bench "$1" 2 3 "${S1[@]}" "${TP1_CP2[@]}" parallel.cp_comm_type=p2p "${SELECTIVE_MLP[@]}" ;;
+        s1_tp_comm_overlap)     CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" parallel.tp_comm_overlap=true ;;
+        s1_fp8_baseline)        bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid ;;
+        s1_fp8_selective_mlp)   bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid "${SELECTIVE_MLP[@]}" ;;
+        s1_offload_selective)   bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" "${OFFLOAD_INPUTS[@]}" ;;
+        s1_optimizer_offload)   bench "$1" 2 3 "${S1[@]}" optimizer.optimizer_cpu_offload=true ;;
+        s1_dp2)                 bench "$1" 2 3 "${S1[@]}" parallel.tensor_model_parallel_size=1 ;;
+        s1_dp2_overlap)         bench "$1" 2 3 "${S1[@]}" parallel.tensor_model_parallel_size=1 parallel.overlap_param_gather=true ;;
+        # Stage-2 proxy (128K, CP2 a2a): 3,487 tokens/s/GPU, 119.1 GiB before; p2p ran out of memory.
+        s2_baseline)            bench "$1" 2 2 "${S2[@]}" ;;
+        s2_p2p)                 bench "$1" 2 2 "${S2[@]}" parallel.cp_comm_type=p2p ;;
+        s2_all_gather)          bench "$1" 2 2 "${S2[@]}" parallel.cp_comm_type=all_gather ;;
+        s2_a2a_p2p)             bench "$1" 2 2 "${S2[@]}" parallel.cp_comm_type=a2a+p2p "parallel.hierarchical_context_parallel_sizes=[1,2]" ;;
+        s2_selective_offload)   bench "$1" 2 2 "${S2[@]}" "${SELECTIVE_MLP[@]}" "${OFFLOAD_INPUTS[@]}" ;;
+        s2_block_30)            bench "$1" 2 2 "${S2[@]}" parallel.recompute_method=block parallel.recompute_num_layers=30 ;;
+        s2_tp2)                 bench "$1" 2 2 "${S2[@]}" parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=1 ;;
+        # 256K on CP2.
+        s3_256k)                bench "$1" 2 2 "${S3[@]}" ;;
+        s3_256k_optimizer_offload) bench "$1" 2 2 "${S3[@]}" optimizer.optimizer_cpu_offload=true ;;
+        s3_256k_tp2)            bench "$1" 2 2 "${S3[@]}" parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=1 ;;
+        # Item 3: the same samples per global batch, dealt to the 2 ranks balanced or in order.
+        dp2_balanced)           bench "$1" 2 3 "${DP2[@]}" data.balance_data_parallel=true ;;
+        dp2_in_order)           bench "$1" 2 3 "${DP2[@]}" data.balance_data_parallel=false ;;
+        # The 1-GPU row of the baseline table, now with its command recorded.
+        layers4_document_vs_stock)  # --stock adds the same run with train.reset_attention_mask=false
+            STOCK=--stock bench "$1" 1 3 recipes/bench/llama3_8b_64k.yaml model.num_layers=4 \
+                parallel.tensor_model_parallel_size=1 "${NO_RECOMPUTE[@]}" train.train_iters=7 train.global_batch_size=4 ;;
+        # Item 0: where the time goes in each baseline.
+        profile_s1)             profile "$1" 2 3 "${S1[@]}" ;;
+        profile_s2)             profile "$1" 2 2 "${S2[@]}" ;;
+        profile_s3)             profile "$1" 2 2 "${S3[@]}" optimizer.optimizer_cpu_offload=true ;;
+        *) echo "unknown case $1 (benchmarks/perf_sweep.sh --list)" >&2; return 2 ;;
+    esac
+}
+
+if [ "${1:-}" = "--list" ]; then
+    echo "core: ${CORE[*]}"; echo "all:  ${ALL[*]}"; exit 0
+fi
+if [ $# -lt 1 ]; then
+    echo "usage: $0 OUT [core|all|CASE ...]   ($0 --list)" >&2; exit 2
+fi
+OUT=$1; shift
+mkdir -p "$OUT/logs"
+cases=("$@")
+if [ ${#cases[@]} -eq 0 ] || [ "${cases[0]}" = core ]; then
+    cases=("${CORE[@]}")
+elif [ "${cases[0]}" = all ]; then
+    cases=("${ALL[@]}")
+fi
+rm -f "$OUT/dry_run.jsonl"
+for c in "${cases[@]}"; do
+    run_case "$c" || exit 2
+done
+if [ -n "${DRY_RUN:-}" ]; then
+    # Every case's recipe must be valid for its GPU count; show what the planner expects.
+    python - "$OUT/dry_run.jsonl" <<'PY'
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+from megatron_ext.config import RecipeError
+from megatron_ext.planning.fit import compare, measured_row
+from megatron_ext.planning.terms import Calibration
+calibration, bad = Calibration.load(), []
+for line in open(sys.argv[1]):
+    case = json.loads(line)
+    try:
+        p = compare([measured_row(case)], calibration)[0]
+    except RecipeError as e:
+        bad.append(f"{case['label']}: {e}")
+        continue
+    print(f"{case['label']:<28} predicted {p['memory_gib']:6.1f} GiB (needs {p['needs_gib']:6.1f}), "
+          f"{p['tokens_per_sec_per_gpu']:7,.0f} tokens/s/GPU")
+if bad:
+    sys.exit("invalid cases:\n" + "\n".join(bad))
+PY
+    exit $?
+fi
+echo "done: $OUT/runs.jsonl, profiles in $OUT/profile_*; failed: $(tr '\n' ' ' < "$OUT/failed.txt" 2>/dev/null)"

@@ -1,0 +1,122 @@
+"""Memory/throughput knobs: recompute is exact, overlapped parameter gathers still checkpoint
+the current weights, and what cannot run here (or at all) is refused with the key named."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from megatron_ext.config import RecipeError, load_recipe
+from train_runner import losses, train
+
+TINY = "recipes/tiny/prolong_stage1.yaml"
+TINY_CPU = [TINY, "train.device=cpu", "precision.bf16=false", "train.seq_length=256", "train.global_batch_size=4",
+            "model.vocab_size=512", "data.synthetic.vocab_size=null", "data.num_workers=0",
+            "logging.tensorboard_dir=null", "logging.progress_bar=false"]
+
+
+@pytest.mark.slow
+def test_recompute_gives_the_same_losses_as_none(tmp_path, python_env):
+    settings = {
+        "none": [],
+        "selective": ["parallel.recompute_granularity=selective", "parallel.recompute_modules=[core_attn,mlp]"],
+        "full_block": ["parallel.recompute_granularity=full", "parallel.recompute_method=block",
+                       "parallel.recompute_num_layers=2"],
+    }
+    curves = {}
+    for name, overrides in settings.items():
+        rc, out, m = train([*TINY_CPU, "train.train_iters=3", "checkpoint.save=null", "checkpoint.save_interval=null",
+                            *overrides], tmp_path / f"{name}.jsonl", python_env)
+        assert rc == 0, out
+        curves[name] = losses(m)
+    assert len(curves["none"]) == 3
+    assert curves["selective"] == curves["none"] and curves["full_block"] == curves["none"]
+
+
+def _model_tensors(checkpoint: Path, out: Path) -> dict:
+    dcp_to_torch_save(checkpoint, out)
+    state = torch.load(out, weights_only=False)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and not k.startswith("optimizer")}
+
+
+@pytest.mark.slow
+def test_overlapped_param_gather_checkpoints_the_current_weights(tmp_path, python_env):
+    """With overlap_param_gather the updated weights are all-gathered during the next forward;
+    a checkpoint must not hold the previous iteration's (a weights-only handoff would read them)."""
+    runs = {}
+    for overlap in ("false", "true"):
+        rc, out, m = train([*TINY_CPU, "train.train_iters=4", f"checkpoint.save={tmp_path}/{overlap}",
+                            "checkpoint.save_interval=2", f"parallel.overlap_param_gather={overlap}"],
+                           tmp_path / f"{overlap}.jsonl", python_env, nproc=2)
+        assert rc == 0, out
+        runs[overlap] = losses(m)
+    assert runs["true"] == runs["false"]  # saving mid-run does not disturb the overlapped gathers
+    for iteration in ("iter_0000002", "iter_0000004"):
+        plain = _model_tensors(tmp_path / "false" / iteration, tmp_path / "plain.pt")
+        overlapped = _model_tensors(tmp_path / "true" / iteration, tmp_path / "overlapped.pt")
+        assert plain.keys() == overlapped.keys() and plain
+        assert all(torch.equal(plain[k], overlapped[k]) for k in plain), iteration
+
+
+def _problems(*overrides):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(TINY, list(overrides))
+    return "\n".join(e.value.problems)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["parallel.recompute_modules=[mlp]"], "parallel.recompute_modules: only used with recompute_granularity=selective"),
+    (["parallel.recompute_granularity=selective", "parallel.recompute_modules=[moe]"],
+     "parallel.recompute_modules: ['moe'] not among core_attn, mlp"),
+    (["parallel.recompute_granularity=selective", "parallel.recompute_modules=[mlp,layernorm]"],
+     "parallel.recompute_modules: ['layernorm'] not among core_attn, mlp (Transformer Engine fuses the RMSNorms"),
+    (["parallel.cpu_offloading=true", "parallel.cpu_offloading_num_layers=4"],
+     "parallel.cpu_offloading_num_layers: must be in [1, model.num_layers=4), got 4"),
+    (["parallel.cpu_offloading=true", "parallel.cpu_offloading_num_layers=2", "parallel.recompute_granularity=selective"],
+     "parallel.cpu_offloading: Megatron-Core cannot combine layer offloading with activation recompute"),
+    (["parallel.cpu_offloading=true", "parallel.cpu_offloading_num_layers=2", "train.device=cpu"],
+     "parallel.cpu_offloading: needs Transformer Engine on GPUs; train.device is cpu"),
+    (["parallel.fine_grained_activation_offloading=true"], "parallel.offload_modules: list the submodules"),
+    (["parallel.fine_grained_activation_offloading=true", "parallel.offload_modules=[mlp_norm]"],
+     "parallel.offload_modules: ['mlp_norm'] not among qkv_linear, core_attn, attn_proj (Transformer Engine fuses"),
+    (["parallel.fine_grained_activation_offloading=true", "parallel.offload_modules=[attn_proj]"],
+     "parallel.offload_modules: attn_proj needs core_attn too"),
+    (["parallel.offload_modules=[core_attn]"], "parallel.offload_modules: only used with fine_grained_activation_offloading=true"),
+    (["parallel.fine_grained_activation_offloading=true", "parallel.offload_modules=[core_attn]", "train.device=cpu"],
+     "parallel.fine_grained_activation_offloading: needs Transformer Engine on GPUs"),
+    (["parallel.overlap_param_gather=true", "parallel.overlap_grad_reduce=false"],
+     "parallel.overlap_param_gather: needs use_distributed_optimizer=true and overlap_grad_reduce=true"),
+    (["parallel.tp_comm_overlap=true"], "parallel.tp_comm_overlap: overlaps the sequence-parallel all-gathers"),
+    (["parallel.tp_comm_overlap=true", "parallel.tensor_model_parallel_size=2", "model.num_query_groups=2",
+      "parallel.context_parallel_size=2"], "parallel.tp_comm_overlap: Transformer Engine's userbuffers have a fixed"),
+    (["parallel.tp_comm_overlap=true", "parallel.tensor_model_parallel_size=2", "model.num_query_groups=2",
+      "train.device=cpu", "parallel.sequence_parallel=false"], "parallel.tp_comm_overlap: needs Transformer Engine"),
+    (["optimizer.optimizer_cpu_offload=true", "optimizer.optimizer_offload_fraction=0"],
+     "optimizer.optimizer_offload_fraction: must be in (0, 1], got 0"),
+    (["optimizer.optimizer_cpu_offload=true", "parallel.use_distributed_optimizer=false"],
+     "optimizer.optimizer_cpu_offload: needs parallel.use_distributed_optimizer=true"),
+    (["optimizer.optimizer_cpu_offload=true", "train.device=cpu"], "optimizer.optimizer_cpu_offload: runs on GPUs only"),
+])
+def test_knob_problems_are_refused_with_the_key(overrides, expected):
+    assert expected in _problems(*overrides)
+
+
+def test_knobs_that_fit_together_validate():
+    r = load_recipe("recipes/prolong/stage1_64k.yaml", [
+        "parallel.recompute_granularity=selective", "parallel.recompute_method=null", "parallel.recompute_num_layers=null",
+        "parallel.recompute_modules=[mlp]", "parallel.fine_grained_activation_offloading=true",
+        "parallel.offload_modules=[core_attn,attn_proj]", "parallel.overlap_param_gather=true",
+        "parallel.tp_comm_overlap=true", "optimizer.optimizer_cpu_offload=true", "optimizer.optimizer_offload_fraction=0.5"])
+    assert r.parallel.recompute_modules == ["mlp"] and r.optimizer.optimizer_offload_fraction == 0.5
+
+
+@pytest.mark.parametrize("hardware", ["h100_80gb", "h200_141gb"])
+@pytest.mark.parametrize("stage", ["stage1_64k", "stage2_512k", "sft_64k"])
+def test_hardware_profiles_compose_with_every_stage(tmp_path, stage, hardware):
+    recipe = tmp_path / "composed.yaml"
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    recipe.write_text(f"base: [{root}/prolong/{stage}.yaml, {root}/hardware/{hardware}.yaml]\n")
+    composed, alone = load_recipe(recipe), load_recipe(root / f"prolong/{stage}.yaml")
+    assert composed.train == alone.train and composed.data == alone.data   # the stage stays the stage
+    assert composed.parallel.recompute_granularity == "full"                # the measured setting

@@ -1,0 +1,163 @@
+"""The planner: its memory arithmetic by hand on a tiny model, its fit, the measured runs it
+must reproduce, and what it refuses."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_ext.config import load_recipe
+from megatron_ext.planning.fit import (MEMORY_TOLERANCE, THROUGHPUT_TOLERANCE, Row, compare, fit, load_rows)
+from megatron_ext.planning.layouts import Planner, refusal, with_overrides
+from megatron_ext.planning.memory import memory_terms
+from megatron_ext.planning.terms import GIB, Calibration
+from megatron_ext.planning.throughput import time_terms
+from megatron_ext.planning.workload import AssumedLengths, RankWork, workload_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+BASELINE = REPO / "reports/data/perf_2xh200_2026-11-29/baseline.jsonl"
+TINY = REPO / "recipes/tiny/prolong_stage1.yaml"
+FULL_RECOMPUTE = ["parallel.recompute_granularity=full", "parallel.recompute_method=uniform",
+                  "parallel.recompute_num_layers=1"]
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return Calibration.load()
+
+
+@pytest.fixture(scope="module")
+def baseline_rows():
+    return load_rows([BASELINE])
+
+
+def test_memory_terms_of_a_tiny_model_by_hand():
+    # 4 layers, hidden 256, ffn 704, 4 heads x 64 (q 256), 2 KV groups (kv 128), vocabulary
+    # 128,256 untied, 4,096 tokens, one GPU, full recompute of every layer.
+    terms = {t.name: t for t in memory_terms(load_recipe(TINY, FULL_RECOMPUTE), world_size=1)}
+    gemm_per_layer = 256 * (256 + 2 * 128) + 256 * 256 + 3 * 256 * 704      # 737,280
+    params = 4 * gemm_per_layer + 2 * 128256 * 256 + 9 * 256                 # + embedding, output, 9 norms
+    assert params == 68_618_496
+    assert terms["weights"].amount == 2 * params                             # bf16
+    assert terms["gradients (fp32)"].amount == 4 * params
+    assert terms["optimizer (fp32 master + Adam)"].amount == 12 * params     # DP x CP = 1: not sharded
+    assert terms["FP8 weight copies"].amount == 0
+    assert terms["checkpointed layer inputs"].amount == 4 * 4096 * 256 * 2    # one input per layer
+    # One layer live while it is recomputed: 4 hidden-size tensors, q/k/v, attention output,
+    # fc1 + SwiGLU outputs.
+    layer = 4 * 4096 * 256 * 2 + 4096 * 512 * 2 + 4096 * 256 * 2 + 4096 * 3 * 704 * 2
+    assert layer == 31_981_568
+    live = terms["activations of recomputed layers"]
+    assert live.amount == layer and live.constant == "activation_scale"
+    assert terms["activations of stored layers"].amount == 0
+    # Gathered hidden states + their gradient, 2,092-token chunk of logits (fp32 + 2 bf16
+    # copies), 16 bytes per token of loss statistics, fp32 weight gradient and its bf16 copy.
+    assert terms["output layer + loss"].amount == 2 * 4096 * 256 * 2 + 2092 * 128256 * 8 + 4096 * 16 + 128256 * 256 * 6
+    assert terms["CP a2a buffers"].amount == 0
+
+
+def test_parallelism_divides_what_it_should():
+    one = {t.name: t.amount for t in memory_terms(load_recipe(TINY, FULL_RECOMPUTE), 1)}
+    recipe = load_recipe(TINY, [*FULL_RECOMPUTE, "parallel.tensor_model_parallel_size=2", "parallel.context_parallel_size=2",
+                                "parallel.cp_comm_type=p2p", "train.global_batch_size=8"])
+    eight = {t.name: t.amount for t in memory_terms(recipe, 8)}   # TP 2 x CP 2 x DP 2
+    norms = 9 * 256
+    assert eight["weights"] == pytest.approx((one["weights"] - 2 * norms) / 2 + 2 * norms)
+    # The distributed optimizer shards over DP x CP = 4.
+    assert eight["optimizer (fp32 master + Adam)"] == pytest.approx(6 * eight["weights"] / 4)
+    # A CP rank holds half the tokens and sequence parallelism splits them again over TP.
+    assert eight["checkpointed layer inputs"] == one["checkpointed layer inputs"] / 4
+
+
+def test_time_terms_count_recompute_and_the_slowest_rank():
+    recipe = load_recipe(TINY, FULL_RECOMPUTE)
+    work = RankWork(tokens=8 * 4096, pairs=1e9, micro_batches=8)
+    terms = {t.name: t for t in time_terms(recipe, 1, work, peak_tflops=100)}
+    layer, output = 2 * 737_280, 2 * 256 * 128256                    # forward FLOPs per token
+    # 3 passes of every layer + the recompute pass; the output GEMM 3x + once more in the loss.
+    assert terms["GEMMs"].amount == pytest.approx(8 * 4096 * (4 * 4 * layer + 4 * output) / 100e12)
+    assert terms["attention"].amount == pytest.approx(1e9 * 4 * 256 * 4 / 4 * (3 * 4 + 4) / 100e12)
+    assert terms["per micro-batch overhead"].amount == 8
+    assert "TP communication" not in terms and "DP gradient reduce-scatter" not in terms
+
+
+def test_the_measured_runs_are_reproduced(baseline_rows, calibration):
+    results = compare(baseline_rows, calibration)
+    checked = [r for r in results if r["fit"]]
+    assert len(checked) == 3
+    for r in checked:
+        assert abs(r["memory_error"]) <= MEMORY_TOLERANCE, r
+        assert abs(r["throughput_error"]) <= THROUGHPUT_TOLERANCE, r
+
+
+def test_fit_recovers_known_constants(baseline_rows, calibration):
+    """Rows made by a known set of constants (the measured runs' shapes and recompute variants
+    of them, so that every constant is determined): the fit finds those constants again."""
+    truth = Calibration(dict(calibration.constants), calibration.priors)
+    truth.constants.update(gemm_bf16=1.6, attention_bf16=2.5, tp_s_per_gb=0.009, activation_scale=0.7,
+                           stored_activation_scale=0.6)
+    variants = [{}, {"parallel.recompute_granularity": None, "parallel.recompute_method": None,
+                     "parallel.recompute_num_layers": None},
+                {"parallel.recompute_granularity": "selective", "parallel.recompute_method": None,
+                 "parallel.recompute_num_layers": None, "parallel.recompute_modules": ["mlp"]}]
+    made = []
+    for r in (r for r in baseline_rows if r.fit):
+        for v in variants:
+            recipe = with_overrides(r.recipe, v)
+            tokens = recipe.train.global_batch_size * recipe.train.seq_length / r.gpus
+            row = Row(r.label, recipe, r.gpus, r.works, None, None, r.peak_tflops)
+            row.tokens_per_sec_per_gpu = tokens / truth.total(row.time_terms())
+            row.peak_memory_gib = truth.total(row.memory_terms()) / GIB
+            made.append(row)
+    fitted = fit(made, calibration, ["made up"])
+    for name in ("gemm_bf16", "attention_bf16", "tp_s_per_gb", "activation_scale", "stored_activation_scale"):
+        assert fitted.constants[name] == pytest.approx(truth.constants[name], rel=0.08), name
+    assert all(abs(r["throughput_error"]) < 0.01 for r in compare(made, fitted))
+
+
+def test_a_layout_that_cannot_fit_is_refused(calibration):
+    recipe = load_recipe(REPO / "recipes/bench/llama3_8b_64k.yaml", ["train.global_batch_size=4"])
+    dataset, _ = workload_dataset(recipe)
+    planner = Planner(recipe, 2, 80.0, calibration, dataset, 989.0, batches=2)
+    own = planner.evaluate({})
+    assert not own.fits and refusal(own, 80.0).startswith("needs ") and "> 80 GiB" in refusal(own, 80.0)
+    bad = planner.evaluate({"parallel.tensor_model_parallel_size": 3})
+    assert bad.problem and bad.problem.startswith("parallel.tensor_model_parallel_size:")
+    assert refusal(bad, 80.0) == bad.problem
+
+
+def test_assumed_lengths_follow_the_domain_shares():
+    recipe = load_recipe(REPO / "recipes/prolong/stage1_64k.yaml")
+    assumed = AssumedLengths(recipe)
+    single = sum(len(assumed.document_lengths(i)) == 1 for i in range(1000))
+    assert single == pytest.approx(600, abs=2)     # code_repos + books: 60% of samples
+    assert all(assumed.document_lengths(i).sum() == 65536 for i in range(50))
+
+
+def _plan(*args):
+    return subprocess.run([sys.executable, str(REPO / "tools/plan.py"), *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_cli_check_refuses_before_submission_and_names_bad_keys():
+    out = _plan("recipes/bench/llama3_8b_64k.yaml", "train.global_batch_size=4", "--gpus", "2",
+                "--gpu-memory", "80", "--check", "--batches", "2")
+    assert out.returncode == 2
+    assert "this layout will not run: needs" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = _plan("recipes/bench/llama3_8b_64k.yaml", "train.global_batch_size=4", "--gpus", "2",
+                "--gpu-memory", "140.4", "--check", "--batches", "2")
+    assert out.returncode == 0, out.stderr
+    out = _plan("recipes/bench/llama3_8b_64k.yaml", "parallel.tensor_model_paralel_size=2", "--gpus", "2", "--gpu-memory", "80")
+    assert out.returncode == 2 and "parallel.tensor_model_paralel_size: unknown key" in out.stderr
+
+
+@pytest.mark.slow
+def test_every_sweep_case_is_a_valid_recipe(tmp_path, python_env):
+    """The GPU sweep's dry run: every case's recipe validates for its GPU count (no GPU time
+    lost to a typo) and gets the planner's prediction."""
+    out = subprocess.run(["bash", "benchmarks/perf_sweep.sh", str(tmp_path), "all"], cwd=REPO, capture_output=True,
+                         text=True, env={**python_env, "DRY_RUN": "1"}, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    listed = subprocess.run(["bash", "benchmarks/perf_sweep.sh", "--list"], cwd=REPO, capture_output=True, text=True)
+    cases = listed.stdout.split("all:")[1].split()
+    assert len(cases) > 20 and all(f"{case} " in out.stdout for case in cases)
