@@ -1,6 +1,8 @@
 """Training entry point: ``python -m megatron_ext.train RECIPE.yaml [key=value ...]``.
 
-Several GPUs: the same command under torchrun or srun. A thin loop on Megatron-Core parts
+One process per rank: megatron_ext.launch (one machine) or srun (slurm/launch.sh) start several.
+
+A thin loop on Megatron-Core parts
 (GPTModel + TE spec, DDP, distributed optimizer, OptimizerParamScheduler, the
 forward-backward schedule, dist_checkpointing). Why not
 ``megatron.training.pretrain``: it is driven by a global argparse namespace rather than a
@@ -10,15 +12,23 @@ stage handoff) would be patches into its 4,700-line loop. See README "Design".
 
 Exit codes: 0 = train_iters reached; 2 = invalid recipe, or a launch the user must fix (no GPU
 visible...), said in one line; 3 = stopped early after saving a checkpoint (signal or
-train.exit_after_iters): resume by launching again; anything else = failure.
+train.exit_after_iters; or a signal before the first iteration, nothing new to save): resume by
+launching again; anything else = failure.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # before the imports below (seconds): an early SIGTERM / SIGUSR1 is kept, not fatal
+    from megatron_ext.training import signals
+
+    signals.watch()
+    signals.die_with_launcher()
 
 # Light imports only up to main(): --help and recipe mistakes answer before torch,
 # Megatron-Core and Transformer Engine load (tests/core/test_cli.py).
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -57,10 +67,11 @@ def train(recipe: Recipe) -> int:
     from megatron_ext.training.loader import build_dataset, micro_batches
     from megatron_ext.training.metrics import MetricLogger, StepStats
     from megatron_ext.training.optim import build_optimizer, build_scheduler, wrap_ddp
-    from megatron_ext.training.signals import ExitSignalWatcher
+    from megatron_ext.training import signals
     from megatron_ext.training.step import DeviceBatches, make_forward_step, reduce_reports
 
-    watcher = ExitSignalWatcher(enabled=recipe.checkpoint.exit_signal_handler)
+    if not recipe.checkpoint.exit_signal_handler:
+        signals.stop_watching()
     layout = initialize(recipe)
     on_gpu = recipe.train.device == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
@@ -94,8 +105,24 @@ def train(recipe: Recipe) -> int:
     ddp_model.train()
     logger.start_progress(state.iteration)
 
-    stopped_by = None
-    while state.iteration < stop_at:
+    # The stop flag is agreed on before every iteration, the first one included: a signal that
+    # came while the run started or loaded its checkpoint stops it before it trains (nothing
+    # to save), one that came during an iteration or a save stops it right after.
+    started_at = saved_at = state.iteration
+
+    def save() -> None:
+        # Timed and sized: what a stop on scancel / preemption needs within the cluster's KillWait.
+        nonlocal saved_at
+        began = time.monotonic()
+        path = checkpointer.save(state)
+        saved_at = state.iteration
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if layout.is_logger else 0
+        logger.print(f"checkpoint save took {time.monotonic() - began:.1f} s, {size / 2**30:.2f} GiB")
+
+    while True:
+        stopped_by = signals.any_rank_signalled(device) if recipe.checkpoint.exit_signal_handler else None
+        if stopped_by or state.iteration >= stop_at:
+            break
         ddp_model.zero_grad_buffer()
         optimizer.zero_grad()
         batches.stats = StepStats()
@@ -119,15 +146,19 @@ def train(recipe: Recipe) -> int:
         memory = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
         logger.step(state.iteration, work[0].item(), work[1].item(), loss, domain_loss,
                     scheduler.get_lr(optimizer.param_groups[0]), None if grad_norm is None else float(grad_norm), memory)
+        if save_every and state.iteration % save_every == 0:
+            save()
 
-        stopped_by = watcher.any_rank_signalled(device) if recipe.checkpoint.exit_signal_handler else None
-        finished = state.iteration >= stop_at
-        if recipe.checkpoint.save and (stopped_by or finished or (save_every and state.iteration % save_every == 0)):
-            checkpointer.save(state)
-        if stopped_by:
-            logger.print(f"received {stopped_by}: checkpoint saved at iteration {state.iteration}; "
-                         f"exiting (code {EXIT_STOPPED_EARLY}) so the job can be resumed")
-            break
+    if recipe.checkpoint.save and state.iteration > saved_at:
+        save()
+    if stopped_by:
+        if not recipe.checkpoint.save:
+            outcome = "checkpoint.save is not set, nothing saved"
+        elif state.iteration == started_at:
+            outcome = f"stopped before training, nothing new to save (iteration {state.iteration})"
+        else:
+            outcome = f"checkpoint saved at iteration {saved_at}"
+        logger.print(f"received {stopped_by}: {outcome}; exiting (code {EXIT_STOPPED_EARLY}) so the job can be resumed")
 
     logger.close()
     shutdown()
@@ -135,6 +166,10 @@ def train(recipe: Recipe) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from megatron_ext.training import signals
+
+    signals.watch()
+    signals.die_with_launcher()
     args = parse_args(argv)
     rank = 0
     try:
@@ -151,6 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if recipe.train.preflight:
             from megatron_ext.preflight import preflight
 
+            signals.stop_watching()  # it trains nothing, so there is nothing to save
             return preflight(recipe)
         if recipe.train.device == "cuda":
             from megatron_ext.training.distributed import select_gpu

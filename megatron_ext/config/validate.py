@@ -175,6 +175,17 @@ def _check_precision(r: Recipe, problems: List[str]) -> None:
                 "or data.synthetic.single_document_fraction=1)")
 
 
+def _check_multi_query_attention(r: Recipe, problems: List[str]) -> None:
+    # Not verified on a GPU since; the CPU path (dense mask) has no such limit.
+    if (r.model.num_query_groups == 1 and r.train.device == "cuda" and r.train.reset_attention_mask
+            and not _only_single_document_samples(r)):
+        problems.append(
+            "model.num_query_groups: 1 (multi-query attention) with document-masked packed samples (THD) "
+            "fails inside Transformer Engine 2.20 (\"The provided qkv memory layout is not supported!\"); "
+            "use num_query_groups >= 2, or single-document samples (all data.domains packing=long, or "
+            "data.synthetic.single_document_fraction=1), or train.reset_attention_mask=false")
+
+
 def _check_train(r: Recipe, problems: List[str]) -> None:
     t, o, s = r.train, r.optimizer, r.scheduler
     if t.device == "cpu" and r.parallel.sequence_parallel and r.parallel.tensor_model_parallel_size > 1:
@@ -315,6 +326,7 @@ def validate(recipe: Recipe, world_size: Optional[int] = None) -> None:
         _check_model(recipe, problems)
         _check_parallel(recipe, problems, world_size)
         _check_precision(recipe, problems)
+        _check_multi_query_attention(recipe, problems)
         _check_train(recipe, problems)
         _check_checkpoint_and_data(recipe, problems)
         _check_memory_and_overlap(recipe, problems)

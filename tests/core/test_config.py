@@ -327,3 +327,10 @@ def test_base_cycle_and_missing_file(tmp_path):
         load_recipe(tmp_path / "a.yaml")
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_multi_query_attention_with_packed_documents_is_refused_on_gpus():
+    assert "model.num_query_groups: 1 (multi-query attention)" in _problems("model.num_query_groups=1")
+    for allowed in (["data.synthetic.single_document_fraction=1.0"], ["train.reset_attention_mask=false"],
+                    ["train.device=cpu", "precision.bf16=false"]):
+        assert load_recipe(TINY, ["model.num_query_groups=1", *allowed]).model.num_query_groups == 1
