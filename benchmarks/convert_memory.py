@@ -23,17 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# torch and the converter load inside the functions that use them: --help answers at once.
 from megatron_ext.config.schema import ModelConfig  # noqa: E402
-from megatron_ext.convert.architecture import architecture_from_model_config  # noqa: E402
-from megatron_ext.convert.hf_config import hf_config_from_architecture  # noqa: E402
-from megatron_ext.convert.reference_models import save_word_level_tokenizer  # noqa: E402
-from megatron_ext.convert.safetensors_io import SafetensorsReader, TensorSpec, write_sharded_safetensors  # noqa: E402
-from megatron_ext.convert.tensor_map import hf_tensor_shapes  # noqa: E402
 
 GB = 10**9
 IMPORTS_ONLY = "import torch, transformers, megatron.core, megatron_ext.convert.cli, megatron_ext.convert"
@@ -45,6 +39,14 @@ def llama3_8b(num_layers: int) -> ModelConfig:
 
 def write_synthetic_hf(directory: Path, model: ModelConfig) -> int:
     """Random bf16 weights of the model's shape plus config and a word-level tokenizer; returns bytes."""
+    import torch
+
+    from megatron_ext.convert.architecture import architecture_from_model_config
+    from megatron_ext.convert.hf_config import hf_config_from_architecture
+    from megatron_ext.convert.reference_models import save_word_level_tokenizer
+    from megatron_ext.convert.safetensors_io import TensorSpec, write_sharded_safetensors
+    from megatron_ext.convert.tensor_map import hf_tensor_shapes
+
     arch = architecture_from_model_config(model)
     directory.mkdir(parents=True)
     specs = [TensorSpec(name, shape, torch.bfloat16) for name, shape in hf_tensor_shapes(arch).items()]
@@ -69,6 +71,10 @@ def measure(command: list) -> dict:
 
 
 def compare_all(source: Path, exported: Path) -> int:
+    import torch
+
+    from megatron_ext.convert.safetensors_io import SafetensorsReader
+
     a, b = SafetensorsReader(source), SafetensorsReader(exported)
     if sorted(a.tensors) != sorted(b.tensors):
         raise SystemExit("exported tensor names differ from the source")

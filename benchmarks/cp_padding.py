@@ -15,13 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_ext.config import load_recipe  # noqa: E402
-from megatron_ext.training.loader import build_dataset  # noqa: E402
-from megatron_ext.training.batch import pack_micro_batch  # noqa: E402
+from megatron_ext.config import RecipeError, load_recipe  # noqa: E402
 
 
 def padding_fraction(dataset, samples: int, cp: int) -> tuple[float, float]:
     """(padding tokens / all tokens, documents per sample) over the first ``samples`` samples."""
+    from megatron_ext.training.batch import pack_micro_batch  # torch: not needed for --help
+
     padded = real = docs = 0
     for i in range(samples):
         mb = pack_micro_batch([dataset[i]], pad_multiple=2 * cp if cp > 1 else 1, total_multiple=2 * cp if cp > 1 else 1)
@@ -38,7 +38,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--cp", type=int, nargs="*", default=[2, 4, 8, 16])
     args = parser.parse_args()
-    recipe = load_recipe(args.recipe, args.overrides)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from megatron_ext.training.loader import build_dataset  # torch: not needed for --help
+
     dataset = build_dataset(recipe)
     print(f"{recipe.name}: seq_length {recipe.train.seq_length}, {args.samples} samples")
     print("| CP | padding (% of tokens) | documents / sample |\n|---|---|---|")

@@ -51,10 +51,10 @@ def _checkpoint_plan(recipe: Recipe) -> str:
 
 
 def preflight(recipe: Recipe) -> int:
+    from megatron_ext.launch_env import rank_env
     from megatron_ext.training.loader import build_dataset, micro_batches
-    from megatron_ext.training.distributed import _rank_env
 
-    rank, world_size, local_rank = _rank_env()
+    rank, world_size, local_rank = rank_env()
     validate(recipe, world_size=world_size)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(minutes=5))

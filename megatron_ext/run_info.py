@@ -8,8 +8,9 @@ OUT_DIR gets:
                 resolved recipe (bases merged, overrides and ${oc.env:...} applied),
                 validated for the world size; an invalid recipe exits 2 with the reason
   git.txt       commit, branch and changed files of this checkout; git.diff: its uncommitted changes
-  env.txt       host, Python, package versions, nvidia-smi, and the Slurm / NCCL / CUDA /
-                Transformer Engine / launcher variables
+  env.txt       host, Python, package versions, nvidia-smi, the Slurm / NCCL / CUDA /
+                Transformer Engine / launcher variables, and the values of the variables
+                that the site env file of the slurm/ scripts sets
 
 Cheap on purpose (no torch import): the Slurm scripts run it on every (re)start of a job.
 """
@@ -21,6 +22,7 @@ import getpass
 import importlib.metadata
 import os
 import platform
+import re
 import shlex
 import shutil
 import socket
@@ -36,6 +38,8 @@ PACKAGES = ["megatron-ext", "torch", "megatron-core", "transformer-engine", "tra
 ENV_PREFIXES = ("SLURM_", "NCCL_", "TORCH_NCCL_", "NVTE_", "CUDA_", "MASTER_", "PYTHON", "OMP_", "LAUNCHER",
                 "CONTAINER_", "VIRTUAL_ENV", "CONDA_PREFIX", "PROLONG_")
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+SITE_ENV = "MEGATRON_EXT_SITE_ENV"  # the site env file's path, set by slurm/lib.sh
+ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=", re.MULTILINE)
 
 
 def _run(cmd: List[str], cwd: Optional[Path] = None) -> Optional[str]:
@@ -93,16 +97,39 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no USER variable and no passwd entry (containers)
+        return f"uid {os.getuid()}"
+
+
+def _public(name: str) -> bool:
+    return not any(word in name for word in SECRET_WORDS)
+
+
+def site_env_lines() -> List[str]:
+    """The variables the site env file sets, with the values this job got."""
+    path = os.environ.get(SITE_ENV)
+    if not path:
+        return []
+    try:
+        names = sorted(set(ASSIGNMENT.findall(Path(path).read_text())))
+    except OSError as e:
+        return ["", f"site env file {path}: unreadable ({e.strerror})"]
+    return ["", f"site env file {path}:"] + [f"  {n}={os.environ.get(n, '(not set)')}" for n in names if _public(n)]
+
+
 def write_env(out: Path) -> None:
     lines = [f"date {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-             f"host {socket.gethostname()}  user {getpass.getuser()}  cwd {os.getcwd()}",
+             f"host {socket.gethostname()}  user {_user()}  cwd {os.getcwd()}",
              f"python {platform.python_version()} ({sys.executable})  {platform.platform()}", "", "packages:"]
     lines += [f"  {p} {_version(p)}" for p in PACKAGES]
     smi = _run(["nvidia-smi", "--query-gpu=index,name,driver_version,memory.total", "--format=csv,noheader"])
     lines += ["", "nvidia-smi:", *(f"  {line}" for line in (smi or "not available\n").splitlines())]
     lines += ["", "environment:"]
-    lines += [f"  {k}={v}" for k, v in sorted(os.environ.items()) 
-              if k.startswith(ENV_PREFIXES) and not any(w in k for w in SECRET_WORDS)]
+    lines += [f"  {k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES) and _public(k)]
+    lines += site_env_lines()
     (out / "env.txt").write_text("\n".join(lines) + "\n")
 
 

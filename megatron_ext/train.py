@@ -1,61 +1,54 @@
-"""Training entry point: ``torchrun ... -m megatron_ext.train RECIPE.yaml [key=value ...]``.
+"""Training entry point: ``python -m megatron_ext.train RECIPE.yaml [key=value ...]``.
 
-A thin loop on Megatron-Core parts (GPTModel + TE spec, DDP, distributed optimizer,
-OptimizerParamScheduler, the forward-backward schedule, dist_checkpointing). Why not
+One process per rank: megatron_ext.launch (one machine) or srun (slurm/launch.sh) start several.
+
+A thin loop on Megatron-Core parts
+(GPTModel + TE spec, DDP, distributed optimizer, OptimizerParamScheduler, the
+forward-backward schedule, dist_checkpointing). Why not
 ``megatron.training.pretrain``: it is driven by a global argparse namespace rather than a
 typed recipe, it needs Python >= 3.12 (our CPU CI runs 3.11), and what ProLong needs
 (per-document CP padding, per-domain loss, MFU from sum(doc_len^2), the optimizer-carrying
 stage handoff) would be patches into its 4,700-line loop. See README "Design".
 
-Exit codes: 0 = train_iters reached; 3 = stopped early after saving a checkpoint (signal or
-train.exit_after_iters): resume by launching again; anything else = failure.
+Exit codes: 0 = train_iters reached; 2 = invalid recipe, or a launch the user must fix (no GPU
+visible...), said in one line; 3 = stopped early after saving a checkpoint (signal or
+train.exit_after_iters; or a signal before the first iteration, nothing new to save): resume by
+launching again; anything else = failure.
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below (seconds): an early SIGTERM / SIGUSR1 is kept, not fatal
+    from megatron_ext.training import signals
+
+    signals.watch()
+    signals.die_with_launcher()
+
+# Light imports only up to main(): --help and recipe mistakes answer before torch,
+# Megatron-Core and Transformer Engine load (tests/core/test_cli.py).
 import argparse
 import sys
-from typing import Iterator, List, Optional
+import time
+from pathlib import Path
+from typing import List, Optional
 
-import torch
-
-from megatron_ext.config import RecipeError, Recipe, to_yaml
-from megatron_ext.config.loader import compose
-from megatron_ext.config.validate import uses_ring_attention
-from megatron_ext.training.batch import MicroBatch, for_context_parallel_rank
-from megatron_ext.training.metrics import FlopsModel, StepStats
+from megatron_ext.config import RecipeError, Recipe, load_recipe, to_yaml
+from megatron_ext.launch_env import LaunchError, make_output_folders, rank_env
+from megatron_ext.training.checkpoint_files import CheckpointError
 
 EXIT_STOPPED_EARLY = 3
-
-
-class DeviceBatches:
-    """Moves micro-batches to the device, keeps this CP rank's share, counts tokens and FLOPs."""
-
-    def __init__(self, source: Iterator[MicroBatch], recipe: Recipe, layout, device: torch.device):
-        self.source, self.layout, self.device = source, layout, device
-        self.flops_model = FlopsModel.from_recipe(recipe)
-        self.fp8_attention = recipe.precision.fp8_dot_product_attention
-        self.ring_attention = uses_ring_attention(recipe)
-        self.stats = StepStats()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> MicroBatch:
-        mb = next(self.source)
-        if self.fp8_attention and mb.is_thd:
-            raise RuntimeError("precision.fp8_dot_product_attention is on but a packed multi-document sample "
-                               "arrived; FP8 attention cannot be trained on THD batches on Hopper")
-        self.stats.tokens += mb.num_real_tokens
-        self.stats.flops += self.flops_model.training_flops(mb.doc_lengths)
-        return for_context_parallel_rank(mb.to(self.device), self.layout.cp_size, self.layout.cp_rank,
-                                         self.ring_attention)
+EXIT_USER_ERROR = 2
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m megatron_ext.train", description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/tiny/prolong_stage1.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.train_iters=100")
+    parser = argparse.ArgumentParser(prog="python -m megatron_ext.train", description=__doc__.splitlines()[0],
+                                     epilog="Exit codes: 0 = train_iters reached; 2 = invalid recipe or launch "
+                                            "(the message says what to change); 3 = stopped early after saving, "
+                                            "launch again to resume.")
+    parser.add_argument("recipe", help="recipe YAML: a path, or one shipped with the package such as "
+                                       "tiny/prolong_stage1.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.train_iters=100 "
+                                                     "data.domains.0.share=0.5")
     return parser.parse_args(argv)
 
 
@@ -63,20 +56,23 @@ def train(recipe: Recipe) -> int:
     from megatron_ext.training.cuda_allocator import use_expandable_segments
 
     use_expandable_segments()  # read when CUDA initializes: before anything (even an import) touches it
+
+    import torch
     from megatron.core import parallel_state
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_ext.training.loader import build_dataset, micro_batches
     from megatron_ext.model.llama import build_gpt_model, transformer_config
     from megatron_ext.training.checkpoint import Checkpointer
     from megatron_ext.training.distributed import initialize, shutdown
-    from megatron_ext.training.metrics import MetricLogger
+    from megatron_ext.training.loader import build_dataset, micro_batches
+    from megatron_ext.training.metrics import MetricLogger, StepStats
     from megatron_ext.training.optim import build_optimizer, build_scheduler, wrap_ddp
-    from megatron_ext.training.signals import ExitSignalWatcher
-    from megatron_ext.training.step import make_forward_step, reduce_reports
+    from megatron_ext.training import signals
+    from megatron_ext.training.step import DeviceBatches, make_forward_step, reduce_reports
 
-    watcher = ExitSignalWatcher(enabled=recipe.checkpoint.exit_signal_handler)
+    if not recipe.checkpoint.exit_signal_handler:
+        signals.stop_watching()
     layout = initialize(recipe)
     on_gpu = recipe.train.device == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
@@ -110,8 +106,24 @@ def train(recipe: Recipe) -> int:
     ddp_model.train()
     logger.start_progress(state.iteration)
 
-    stopped_by = None
-    while state.iteration < stop_at:
+    # The stop flag is agreed on before every iteration, the first one included: a signal that
+    # came while the run started or loaded its checkpoint stops it before it trains (nothing
+    # to save), one that came during an iteration or a save stops it right after.
+    started_at = saved_at = state.iteration
+
+    def save() -> None:
+        # Timed and sized: what a stop on scancel / preemption needs within the cluster's KillWait.
+        nonlocal saved_at
+        began = time.monotonic()
+        path = checkpointer.save(state)
+        saved_at = state.iteration
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if layout.is_logger else 0
+        logger.print(f"checkpoint save took {time.monotonic() - began:.1f} s, {size / 2**30:.2f} GiB")
+
+    while True:
+        stopped_by = signals.any_rank_signalled(device) if recipe.checkpoint.exit_signal_handler else None
+        if stopped_by or state.iteration >= stop_at:
+            break
         ddp_model.zero_grad_buffer()
         optimizer.zero_grad()
         batches.stats = StepStats()
@@ -135,15 +147,19 @@ def train(recipe: Recipe) -> int:
         memory = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
         logger.step(state.iteration, work[0].item(), work[1].item(), loss, domain_loss,
                     scheduler.get_lr(optimizer.param_groups[0]), None if grad_norm is None else float(grad_norm), memory)
+        if save_every and state.iteration % save_every == 0:
+            save()
 
-        stopped_by = watcher.any_rank_signalled(device) if recipe.checkpoint.exit_signal_handler else None
-        finished = state.iteration >= stop_at
-        if recipe.checkpoint.save and (stopped_by or finished or (save_every and state.iteration % save_every == 0)):
-            checkpointer.save(state)
-        if stopped_by:
-            logger.print(f"received {stopped_by}: checkpoint saved at iteration {state.iteration}; "
-                         f"exiting (code {EXIT_STOPPED_EARLY}) so the job can be resumed")
-            break
+    if recipe.checkpoint.save and state.iteration > saved_at:
+        save()
+    if stopped_by:
+        if not recipe.checkpoint.save:
+            outcome = "checkpoint.save is not set, nothing saved"
+        elif state.iteration == started_at:
+            outcome = f"stopped before training, nothing new to save (iteration {state.iteration})"
+        else:
+            outcome = f"checkpoint saved at iteration {saved_at}"
+        logger.print(f"received {stopped_by}: {outcome}; exiting (code {EXIT_STOPPED_EARLY}) so the job can be resumed")
 
     logger.close()
     shutdown()
@@ -151,27 +167,39 @@ def train(recipe: Recipe) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        from omegaconf import OmegaConf
+    from megatron_ext.training import signals
 
-        recipe: Recipe = OmegaConf.to_object(compose(args.recipe, args.overrides))
+    signals.watch()
+    signals.die_with_launcher()
+    args = parse_args(argv)
+    rank = 0
+    try:
+        rank, world_size, local_rank = rank_env()
+        recipe = load_recipe(args.recipe, args.overrides, world_size=world_size)
+    except (RecipeError, LaunchError) as e:
+        if rank == 0:  # every rank reads the same recipe: one copy of the message is enough
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    from megatron_ext.quiet import hide_unactionable_warnings
+
+    hide_unactionable_warnings()
+    try:
         if recipe.train.preflight:
             from megatron_ext.preflight import preflight
 
+            signals.stop_watching()  # it trains nothing, so there is nothing to save
             return preflight(recipe)
-        return train(recipe)
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        # A checkpoint that is damaged, foreign, crafted or in use: one line, exit code 2.
-        from megatron_ext.training.checkpoint_files import CheckpointError
+        if recipe.train.device == "cuda":
+            from megatron_ext.training.distributed import select_gpu
 
-        if not isinstance(e, CheckpointError):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            select_gpu(local_rank)  # now, not after Megatron's imports: a machine without GPUs answers in seconds
+        log = recipe.logging
+        make_output_folders({"checkpoint.save": recipe.checkpoint.save, "logging.tensorboard_dir": log.tensorboard_dir,
+                             "logging.metrics_jsonl": log.metrics_jsonl and str(Path(log.metrics_jsonl).parent)})
+        return train(recipe)
+    except (RecipeError, LaunchError, CheckpointError) as e:  # bad data, no GPU, a refused checkpoint
+        print(f"error: {e}" if world_size == 1 else f"error on rank {rank}: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -12,3 +12,10 @@ export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 # Warnings and errors only; INFO when debugging a hang or the topology.
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+# Timeouts. A collective that never completes (a rank died, a link failed) ends the job after
+# the process group's timeout (30 min, megatron_ext/training/distributed.py; PyTorch's NCCL
+# watchdog) instead of holding the allocation. InfiniBand: retry a lost packet for ~17 s
+# (4.096 us x 2^22, 7 times) before failing the collective, rather than NCCL's default ~4 s
+# (2^20), which congested large fabrics exceed.
+export NCCL_IB_TIMEOUT=${NCCL_IB_TIMEOUT:-22}
+export NCCL_IB_RETRY_CNT=${NCCL_IB_RETRY_CNT:-7}

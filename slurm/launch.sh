@@ -49,8 +49,10 @@ case ${PYTHON_ENV:-} in
         # The checkout and the working directory are mounted where they are outside.
         mounts=$REPO
         [[ $PWD == "$REPO" ]] || mounts+=",$PWD"
+        # Named per job: the steps and requeued runs of a job reuse it, while another job (another
+        # image, perhaps) never finds a container of the same name and silently runs in it.
         container=(--container-image="$CONTAINER_IMAGE" --container-mounts="$mounts${CONTAINER_MOUNTS:+,$CONTAINER_MOUNTS}"
-                   --container-workdir="$PWD" --container-name=megatron-ext) ;;  # named: later steps reuse it
+                   --container-workdir="$PWD" --container-name="megatron-ext-${SLURM_JOB_ID:?launch.sh: SLURM_JOB_ID is not set}") ;;
     none) ;;
     *) die "PYTHON_ENV='${PYTHON_ENV:-}': expected venv, conda, container or none (set it in the site env file)" ;;
 esac
@@ -84,7 +86,21 @@ if [[ $launcher == local ]]; then
 fi
 label=()
 (( ntasks == 1 )) || label=(--label)
-# --cpus-per-task: srun does not inherit it from sbatch (Slurm >= 22.05). --wait: once a task
-# has ended, the others get 120 s (a crashed rank must not leave the rest hanging in a collective).
+if (( ${#container[@]} )); then
+    # The image's own values of these (PYTHONPATH, NCCL_*, ...) would win over ours inside the
+    # container unless named here.
+    mapfile -t names < <(sed -n 's/^export \([A-Z_0-9]*\)=.*/\1/p' "$SLURM_DIR/gpu_env.sh"
+                         compgen -e | grep -E '^(NCCL|TORCH_NCCL|NVTE)_')
+    set_names=()
+    for name in MASTER_ADDR MASTER_PORT MEGATRON_EXT_REPO PYTHONPATH PYTHONUNBUFFERED OMP_NUM_THREADS \
+                TQDM_DISABLE HF_HUB_DISABLE_PROGRESS_BARS "${names[@]}"; do
+        [[ -z ${!name+set} ]] || set_names+=("$name")
+    done
+    container+=(--container-env="$(IFS=,; echo "${set_names[*]}")")
+fi
+# --cpus-per-task: srun does not inherit it from sbatch (Slurm >= 22.05). --export=ALL: the
+# tasks get this environment even in a job submitted with --export=NONE (srun would pass on
+# NONE). --wait: once a task has ended, the others get 120 s (a crashed rank must not leave the
+# rest hanging in a collective).
 exec srun --nodes="$nodes" --ntasks-per-node="$tasks_per_node" --ntasks="$ntasks" --cpus-per-task="$cpus" \
-    --wait=120 "${label[@]}" "${container[@]}" "$@"
+    --export=ALL --wait=120 "${label[@]}" "${container[@]}" "$@"

@@ -9,7 +9,8 @@
 #
 # --preflight   the training stages run train.preflight=true: every step up to the first GPU
 #               operation, then a report ("PREFLIGHT ONLY"); nothing is trained, so export_hf
-#               and eval are not submitted. data and import_hf run for real.
+#               and eval are not submitted, and stage 2 and SFT report that their input, which
+#               the previous stage would write, is not there yet. data and import_hf run for real.
 # --from STEP   start at STEP; the outputs of the steps before it must exist.
 # SBATCH_OPTIONs (--qos=..., --reservation=...) go to every job.
 #
@@ -18,7 +19,8 @@
 #   HF_MODEL (required)   the Hugging Face model to start from (Llama-3-8B-Instruct); also the
 #                         tokenizer of the export
 #   RUN_DIR               outputs: base/ stage1/ stage2/ sft/ (checkpoints) hf/ eval/ logs/ jobs.txt
-#                         (default $PROLONG_CKPT/prolong)
+#                         (default $PROLONG_CKPT/prolong); jobs.txt: "STEP JOB_ID", plus
+#                         " cancelled" for jobs cancelled because a later submission failed
 #   DATA_PLAN             the data step's script (default slurm/data/prolong_raw.sh)
 #   STAGE1_RECIPE STAGE2_RECIPE SFT_RECIPE   (default recipes/prolong/*.yaml)
 #   STAGE1_NODES STAGE2_NODES SFT_NODES      nodes per training stage (default 1)
@@ -46,7 +48,8 @@ done
 [[ " ${order[*]} " == *" $from "* ]] || die "--from: unknown step '$from' (steps: ${order[*]})"
 load_site_env
 [[ -n ${HF_MODEL:-} ]] || die "HF_MODEL is not set: the Hugging Face model to start from (site env file)"
-run_dir=${RUN_DIR:-${PROLONG_CKPT:-$PWD/checkpoints}/prolong}
+run_dir=${RUN_DIR:-${PROLONG_CKPT:+$PROLONG_CKPT/prolong}}
+[[ -n $run_dir ]] || die "RUN_DIR is not set, nor PROLONG_CKPT: where the pipeline's checkpoints and logs go (site env file)"
 [[ $run_dir == /* ]] || run_dir=$PWD/$run_dir
 name=$(basename "$run_dir")
 export LOG_DIR=$run_dir/logs
@@ -68,6 +71,7 @@ started=0
 cancel_partial() {
     if [[ $? -ne 0 && ${#submitted[@]} -gt 0 ]]; then
         scancel "${submitted[@]}" || true
+        sed -i 's/$/ cancelled/' "$run_dir/jobs.txt"
         echo "cancelled the jobs already submitted: ${submitted[*]}" >&2
     fi
 }
@@ -106,13 +110,9 @@ step() {
 # train_step NAME RECIPE NODES INPUT STAGE_OVERRIDES AFTER
 train_step() {
     submitting "$1" || return 0
-    local input=$4 extra=()
+    local extra=()
     read -ra extra <<< "$5"
-    if (( preflight )) && [[ $input != "${output[import_hf]}" && ! -e $input ]]; then
-        echo "  ($1 preflight: its input $input is made by the previous stage; checked without it)"
-        input=null
-    fi
-    step "$1" train "$6" --nodes="$3" -- "$2" checkpoint.pretrained_checkpoint="$input" \
+    step "$1" train "$6" --nodes="$3" -- "$2" checkpoint.pretrained_checkpoint="$4" \
         checkpoint.save="${output[$1]}" "${common[@]}" "${extra[@]}"
 }
 

@@ -1,4 +1,5 @@
-"""Run ``python -m megatron_ext.train`` (or torchrun) as a subprocess and read its metrics."""
+"""Run ``python -m megatron_ext.train`` (or ``megatron_ext.launch`` for several ranks) as a subprocess and read
+its metrics; find the processes a run left behind."""
 
 import json
 import os
@@ -6,9 +7,13 @@ import signal
 import subprocess
 from pathlib import Path
 
-from megatron_ext.net import free_port
-
 REPO = Path(__file__).resolve().parents[1]
+# The tiny stage-1 recipe shrunk to run on a CPU in seconds per iteration.
+TINY_CPU = [
+    "recipes/tiny/prolong_stage1.yaml", "train.device=cpu", "precision.bf16=false", "train.seq_length=256",
+    "train.global_batch_size=4", "model.vocab_size=512", "data.synthetic.vocab_size=null", "data.num_workers=0",
+    "logging.tensorboard_dir=null", "logging.progress_bar=false",
+]
 
 
 def read_metrics(path: Path) -> list:
@@ -24,7 +29,7 @@ def start_train(args: list, metrics: Path, env: dict, nproc: int = 1) -> subproc
     if nproc == 1:
         cmd = ["python", "-m", "megatron_ext.train", *args]
     else:
-        cmd = ["torchrun", f"--nproc-per-node={nproc}", f"--master-port={free_port()}", "-m", "megatron_ext.train", *args]
+        cmd = ["python", "-m", "megatron_ext.launch", f"--nproc-per-node={nproc}", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -44,3 +49,19 @@ def train(args: list, metrics: Path, env: dict, nproc: int = 1, timeout: float =
     proc = start_train(args, metrics, env, nproc)
     out = finish(proc, timeout)
     return proc.returncode, out, read_metrics(metrics)
+
+
+def processes_of(session: int, marker: str = "") -> list:
+    """Live processes in ``session`` or whose command line contains ``marker`` (a run's own path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state[0] != "Z" and (int(state[3]) == session or (marker and marker in cmdline)):
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found

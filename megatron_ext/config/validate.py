@@ -1,7 +1,9 @@
 """Value and cross-field checks. Each problem names its key(s) and says why.
 
 Everything that would otherwise fail deep inside Megatron-Core or Transformer Engine
-(or, worse, silently fall back to something else) is refused here, before any GPU work.
+(or, worse, silently fall back to something else, loop or train wrong) is refused here,
+before any GPU work. First every field against the range or choices schema.py declares
+for it (bounds.py), then, once every value is in range, the combinations of fields.
 """
 
 from __future__ import annotations
@@ -9,15 +11,14 @@ from __future__ import annotations
 import math
 from typing import List, Optional
 
-from megatron_ext.config.loader import RecipeError
+from megatron_ext.config.bounds import field_problems
+from megatron_ext.config.errors import RecipeError
 from megatron_ext.config.schema import Recipe
 
-CP_COMM_TYPES = ("p2p", "a2a", "all_gather", "a2a+p2p")
 P2P_COMM_TYPES = ("p2p", "a2a+p2p")
-FP8_FORMATS = (None, "e4m3", "hybrid")
-FP8_RECIPES = ("delayed", "tensorwise")
-DECAY_STYLES = ("constant", "linear", "cosine")
-PACKINGS = ("long", "short", "sft")
+# Samples a stage may draw (train_iters x global_batch_size): the data index holds a few
+# bytes per sample up front, so an absurd product would exhaust memory before step 1.
+MAX_SAMPLES = 2**32
 
 
 def padded_vocab_size(recipe: Recipe) -> int:
@@ -66,23 +67,13 @@ def data_parallel_size(recipe: Recipe, world_size: int) -> int:
     return world_size // (p.tensor_model_parallel_size * p.context_parallel_size * p.pipeline_model_parallel_size)
 
 
-def _positive(problems: List[str], section, name: str, prefix: str) -> None:
-    value = getattr(section, name)
-    if value is not None and value <= 0:
-        problems.append(f"{prefix}.{name}: must be > 0, got {value}")
-
-
 def _check_model(r: Recipe, problems: List[str]) -> None:
     m = r.model
-    for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                 "num_query_groups", "kv_channels", "vocab_size", "make_vocab_size_divisible_by",
-                 "max_position_embeddings", "rotary_base", "norm_epsilon", "init_method_std"):
-        _positive(problems, m, name, "model")
-    if m.num_attention_heads > 0 and m.num_query_groups > 0 and m.num_attention_heads % m.num_query_groups:
+    if m.num_attention_heads % m.num_query_groups:
         problems.append(
             f"model.num_query_groups: {m.num_attention_heads} attention heads are not divisible "
             f"into {m.num_query_groups} key/value groups")
-    if m.kv_channels is None and m.num_attention_heads > 0 and m.hidden_size % m.num_attention_heads:
+    if m.kv_channels is None and m.hidden_size % m.num_attention_heads:
         problems.append(
             f"model.kv_channels: hidden_size {m.hidden_size} is not divisible by "
             f"num_attention_heads {m.num_attention_heads}; set the head dimension explicitly")
@@ -98,13 +89,6 @@ def _check_model(r: Recipe, problems: List[str]) -> None:
 def _check_parallel(r: Recipe, problems: List[str], world_size: Optional[int]) -> None:
     p, m = r.parallel, r.model
     tp, cp, pp = p.tensor_model_parallel_size, p.context_parallel_size, p.pipeline_model_parallel_size
-    for name in ("tensor_model_parallel_size", "context_parallel_size", "pipeline_model_parallel_size"):
-        _positive(problems, p, name, "parallel")
-    if min(tp, cp, pp) <= 0:
-        return
-    if pp != 1:
-        problems.append("parallel.pipeline_model_parallel_size: pipeline parallelism is not supported "
-                        "(long-context training here scales with context and tensor parallelism); use 1")
     if m.num_attention_heads % tp:
         problems.append(f"parallel.tensor_model_parallel_size: {m.num_attention_heads} attention heads "
                         f"(model.num_attention_heads) are not divisible by TP={tp}")
@@ -117,8 +101,6 @@ def _check_parallel(r: Recipe, problems: List[str], world_size: Optional[int]) -
     if padded_vocab_size(r) % tp:
         problems.append(f"model.make_vocab_size_divisible_by: padded vocabulary {padded_vocab_size(r)} "
                         f"is not divisible by TP={tp}; use a multiple of {tp}")
-    if p.cp_comm_type not in CP_COMM_TYPES:
-        problems.append(f"parallel.cp_comm_type: '{p.cp_comm_type}' is not one of {', '.join(CP_COMM_TYPES)}")
     if cp > 1 and p.cp_comm_type in ("a2a", "a2a+p2p"):
         a2a = cp if p.cp_comm_type == "a2a" else (p.hierarchical_context_parallel_sizes or [cp])[0]
         for heads, key in ((m.num_attention_heads, "num_attention_heads"), (m.num_query_groups, "num_query_groups")):
@@ -138,12 +120,10 @@ def _check_parallel(r: Recipe, problems: List[str], world_size: Optional[int]) -
             f"train.seq_length: {r.train.seq_length} is not a multiple of {seq_mult} "
             f"(2 x context_parallel_size{' x tensor_model_parallel_size (sequence parallel)' if tp > 1 and p.sequence_parallel else ''}); "
             f"single-document samples would need padding")
-    if p.recompute_granularity not in (None, "selective", "full"):
-        problems.append(f"parallel.recompute_granularity: '{p.recompute_granularity}' is not one of null, selective, full")
     if p.recompute_granularity == "full":
-        if p.recompute_method not in ("uniform", "block"):
+        if p.recompute_method is None:
             problems.append("parallel.recompute_method: full recompute needs 'uniform' or 'block'")
-        if not p.recompute_num_layers or not 1 <= p.recompute_num_layers <= m.num_layers:
+        if p.recompute_num_layers is None or p.recompute_num_layers > m.num_layers:
             problems.append(f"parallel.recompute_num_layers: full recompute needs 1..{m.num_layers} "
                             f"(model.num_layers), got {p.recompute_num_layers}")
     elif p.recompute_method is not None or p.recompute_num_layers is not None:
@@ -173,12 +153,6 @@ def _only_single_document_samples(r: Recipe) -> bool:
 
 def _check_precision(r: Recipe, problems: List[str]) -> None:
     pr = r.precision
-    if pr.fp8 not in FP8_FORMATS:
-        problems.append(f"precision.fp8: '{pr.fp8}' is not one of null, e4m3, hybrid")
-        return
-    if pr.fp8_recipe not in FP8_RECIPES:
-        why = " (mxfp8 needs Blackwell GPUs; blockwise is not validated here)" if pr.fp8_recipe in ("mxfp8", "blockwise") else ""
-        problems.append(f"precision.fp8_recipe: '{pr.fp8_recipe}' is not one of {', '.join(FP8_RECIPES)}{why}")
     if pr.fp8 is not None:
         if not pr.bf16:
             problems.append("precision.fp8: FP8 training keeps master weights and non-GEMM math in bf16; set precision.bf16=true")
@@ -201,41 +175,40 @@ def _check_precision(r: Recipe, problems: List[str]) -> None:
                 "or data.synthetic.single_document_fraction=1)")
 
 
+def _check_multi_query_attention(r: Recipe, problems: List[str]) -> None:
+    # Not verified on a GPU since; the CPU path (dense mask) has no such limit.
+    if (r.model.num_query_groups == 1 and r.train.device == "cuda" and r.train.reset_attention_mask
+            and not _only_single_document_samples(r)):
+        problems.append(
+            "model.num_query_groups: 1 (multi-query attention) with document-masked packed samples (THD) "
+            "fails inside Transformer Engine 2.20 (\"The provided qkv memory layout is not supported!\"); "
+            "use num_query_groups >= 2, or single-document samples (all data.domains packing=long, or "
+            "data.synthetic.single_document_fraction=1), or train.reset_attention_mask=false")
+
+
 def _check_train(r: Recipe, problems: List[str]) -> None:
     t, o, s = r.train, r.optimizer, r.scheduler
-    for name in ("seq_length", "micro_batch_size", "global_batch_size", "train_iters", "exit_after_iters"):
-        _positive(problems, t, name, "train")
-    if t.device not in ("cuda", "cpu"):
-        problems.append(f"train.device: '{t.device}' is not one of cuda, cpu")
     if t.device == "cpu" and r.parallel.sequence_parallel and r.parallel.tensor_model_parallel_size > 1:
         problems.append("parallel.sequence_parallel: Megatron's local (CPU) layers cannot run sequence "
                         "parallelism; set parallel.sequence_parallel=false with train.device=cpu")
     if t.device == "cpu" and r.parallel.context_parallel_size > 1:
         problems.append("parallel.context_parallel_size: context parallelism needs Transformer Engine "
                         "attention on GPUs; train.device is cpu")
-    if t.micro_batch_size > 0 and t.global_batch_size % t.micro_batch_size:
+    if t.global_batch_size % t.micro_batch_size:
         problems.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
                         f"train.micro_batch_size {t.micro_batch_size}")
-    if o.optimizer not in ("adam", "sgd"):
-        problems.append(f"optimizer.optimizer: '{o.optimizer}' is not one of adam, sgd")
-    if o.lr <= 0:
-        problems.append(f"optimizer.lr: must be > 0, got {o.lr}")
-    if not 0 <= o.min_lr <= o.lr:
+    if t.train_iters * t.global_batch_size > MAX_SAMPLES:
+        problems.append(f"train.train_iters: {t.train_iters} x train.global_batch_size {t.global_batch_size} = "
+                        f"{t.train_iters * t.global_batch_size:,} samples, more than any run draws "
+                        f"(limit {MAX_SAMPLES:,})")
+    if o.min_lr > o.lr:
         problems.append(f"optimizer.min_lr: must be within [0, optimizer.lr={o.lr}], got {o.min_lr}")
-    for name in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(o, name) < 1:
-            problems.append(f"optimizer.{name}: must be in [0, 1), got {getattr(o, name)}")
-    if o.clip_grad < 0:
-        problems.append(f"optimizer.clip_grad: must be >= 0 (0 disables clipping), got {o.clip_grad}")
-    if s.lr_decay_style not in DECAY_STYLES:
-        problems.append(f"scheduler.lr_decay_style: '{s.lr_decay_style}' is not one of {', '.join(DECAY_STYLES)}")
+    if s.lr_warmup_init > o.lr:
+        problems.append(f"scheduler.lr_warmup_init: warmup rises from this to optimizer.lr={o.lr}, so it "
+                        f"must be within [0, {o.lr}], got {s.lr_warmup_init}")
     if s.lr_warmup_fraction is not None and s.lr_warmup_iters:
         problems.append("scheduler.lr_warmup_fraction: set either lr_warmup_fraction or lr_warmup_iters, not both")
-    if s.lr_warmup_fraction is not None and not 0 <= s.lr_warmup_fraction < 1:
-        problems.append(f"scheduler.lr_warmup_fraction: must be in [0, 1), got {s.lr_warmup_fraction}")
-    if s.lr_decay_iters is not None and s.lr_decay_iters <= 0:
-        problems.append(f"scheduler.lr_decay_iters: must be > 0, got {s.lr_decay_iters}")
-    elif decay_iters(r) > 0 and warmup_iters(r) >= decay_iters(r):
+    elif warmup_iters(r) >= decay_iters(r):
         key = "lr_warmup_fraction" if s.lr_warmup_fraction is not None else "lr_warmup_iters"
         problems.append(f"scheduler.{key}: {warmup_iters(r)} warmup iterations must be fewer than the "
                         f"{decay_iters(r)} decay iterations (scheduler.lr_decay_iters or train.train_iters)")
@@ -243,36 +216,26 @@ def _check_train(r: Recipe, problems: List[str]) -> None:
 
 def _check_checkpoint_and_data(r: Recipe, problems: List[str]) -> None:
     c, d = r.checkpoint, r.data
-    if c.save_interval is not None and c.save_interval <= 0:
-        problems.append(f"checkpoint.save_interval: must be > 0, got {c.save_interval}")
     if c.save_interval is not None and not c.save:
         problems.append("checkpoint.save_interval: set checkpoint.save (the directory to save to)")
     if c.pretrained_load_optim and not c.pretrained_checkpoint:
         problems.append("checkpoint.pretrained_load_optim: needs checkpoint.pretrained_checkpoint")
-    if c.keep_last is not None and c.keep_last < 1:
-        problems.append(f"checkpoint.keep_last: must be >= 1, got {c.keep_last}")
-    if r.logging.log_interval <= 0:
-        problems.append(f"logging.log_interval: must be > 0, got {r.logging.log_interval}")
     if (d.synthetic is None) == (not d.domains):
         problems.append("data: set exactly one of data.synthetic or data.domains")
     if d.synthetic is not None:
         sy = d.synthetic
-        if not 0 <= sy.single_document_fraction <= 1:
-            problems.append(f"data.synthetic.single_document_fraction: must be in [0, 1], got {sy.single_document_fraction}")
-        for name in ("num_samples", "vocab_size", "doc_length_median", "doc_length_min", "num_domains", "period"):
-            _positive(problems, sy, name, "data.synthetic")
         if sy.vocab_size is not None and sy.vocab_size > r.model.vocab_size:
             problems.append(f"data.synthetic.vocab_size: {sy.vocab_size} exceeds model.vocab_size {r.model.vocab_size}")
+        # The length sampler clips to [min, max]; out of order, it would never fill a sequence.
+        if not sy.doc_length_min <= sy.doc_length_median <= (sy.doc_length_max or sy.doc_length_median):
+            problems.append(f"data.synthetic.doc_length_median: needs doc_length_min <= doc_length_median <= "
+                            f"doc_length_max, got {sy.doc_length_min} <= {sy.doc_length_median} <= {sy.doc_length_max}")
+        if sy.period > r.train.seq_length:
+            problems.append(f"data.synthetic.period: {sy.period} is longer than a sequence "
+                            f"(train.seq_length {r.train.seq_length})")
     for i, dom in enumerate(d.domains):
-        key = f"data.domains[{i}]"
-        if dom.packing not in PACKINGS:
-            problems.append(f"{key}.packing: '{dom.packing}' is not one of {', '.join(PACKINGS)}")
-        if dom.share <= 0:
-            problems.append(f"{key}.share: domain '{dom.name}' must have a share > 0, got {dom.share}")
         if not dom.paths:
-            problems.append(f"{key}.paths: domain '{dom.name}' lists no dataset")
-        if dom.max_epochs <= 0:
-            problems.append(f"{key}.max_epochs: must be > 0, got {dom.max_epochs}")
+            problems.append(f"data.domains[{i}].paths: domain '{dom.name}' lists no dataset")
     names = [dom.name for dom in d.domains]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"data.domains: name '{name}' is used by more than one domain (per-domain loss needs unique names)")
@@ -345,8 +308,6 @@ def _check_memory_and_overlap(r: Recipe, problems: List[str]) -> None:
         if on_cpu:
             problems.append(f"parallel.tp_comm_overlap: {no_te}")
     if o.optimizer_cpu_offload:
-        if not 0 < o.optimizer_offload_fraction <= 1:
-            problems.append(f"optimizer.optimizer_offload_fraction: must be in (0, 1], got {o.optimizer_offload_fraction}")
         if not p.use_distributed_optimizer or o.optimizer != "adam":
             problems.append("optimizer.optimizer_cpu_offload: needs parallel.use_distributed_optimizer=true and "
                             "optimizer.optimizer=adam (Megatron-Core's precision-aware optimizer path)")
@@ -359,12 +320,15 @@ def _check_memory_and_overlap(r: Recipe, problems: List[str]) -> None:
 
 def validate(recipe: Recipe, world_size: Optional[int] = None) -> None:
     """Raise RecipeError listing every problem (not just the first)."""
-    problems: List[str] = []
-    _check_model(recipe, problems)
-    _check_parallel(recipe, problems, world_size)
-    _check_precision(recipe, problems)
-    _check_train(recipe, problems)
-    _check_checkpoint_and_data(recipe, problems)
-    _check_memory_and_overlap(recipe, problems)
+    # The combination checks assume every value is in range (no division by zero, no NaN).
+    problems = field_problems(recipe)
+    if not problems:
+        _check_model(recipe, problems)
+        _check_parallel(recipe, problems, world_size)
+        _check_precision(recipe, problems)
+        _check_multi_query_attention(recipe, problems)
+        _check_train(recipe, problems)
+        _check_checkpoint_and_data(recipe, problems)
+        _check_memory_and_overlap(recipe, problems)
     if problems:
         raise RecipeError(problems)

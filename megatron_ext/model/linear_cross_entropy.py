@@ -17,7 +17,8 @@ import torch.distributed as dist
 _CHUNK_BYTES = 1 << 30
 
 
-def _chunk_tokens(vocab_local: int) -> int:
+def chunk_tokens(vocab_local: int) -> int:
+    """Tokens per chunk: each chunk's fp32 logits take at most _CHUNK_BYTES (the planner counts them too)."""
     return max(256, _CHUNK_BYTES // (4 * vocab_local))
 
 
@@ -39,7 +40,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         local_labels = torch.where(owned, local_labels, torch.zeros_like(local_labels))
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
         target_logit = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        step = _chunk_tokens(vocab_local)
+        step = chunk_tokens(vocab_local)
         for s in range(0, n, step):
             e = min(s + step, n)
             logits = (hidden[s:e] @ weight.t()).float()
@@ -62,7 +63,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n, vocab_local = hidden.shape[0], weight.shape[0]
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        step = _chunk_tokens(vocab_local)
+        step = chunk_tokens(vocab_local)
         rows = torch.arange(min(step, n), device=hidden.device)
         for s in range(0, n, step):
             e = min(s + step, n)

@@ -14,7 +14,6 @@ from typing import List
 
 from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import padded_vocab_size
-from megatron_ext.model.linear_cross_entropy import _chunk_tokens
 from megatron_ext.planning.shape import BF16, Recompute, layer_bytes, micro_batch_tokens, parameters_per_gpu
 from megatron_ext.planning.terms import GIB, Term
 
@@ -39,10 +38,12 @@ def offloaded_activation_bytes(recipe: Recipe) -> float:
 def output_layer_bytes(recipe: Recipe) -> float:
     """Gathered hidden states and their gradient, one chunk of logits (fp32, bf16 product,
     bf16 probabilities), per-token loss statistics, and the fp32 weight gradient."""
+    from megatron_ext.model.linear_cross_entropy import chunk_tokens  # imports torch: not at --help time
+
     tp, h = recipe.parallel.tensor_model_parallel_size, recipe.model.hidden_size
     vocab = padded_vocab_size(recipe) / tp
     tokens = micro_batch_tokens(recipe)
-    chunk = min(_chunk_tokens(int(vocab)), tokens)
+    chunk = min(chunk_tokens(int(vocab)), tokens)
     return 2 * tokens * h * BF16 + chunk * vocab * (4 + 2 + 2) + tokens * 16 + vocab * h * (4 + BF16)
 
 

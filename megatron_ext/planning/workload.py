@@ -54,7 +54,7 @@ class AssumedLengths:
 def workload_dataset(recipe: Recipe, short_document: int = 4096) -> Tuple[SampleDataset, Optional[str]]:
     """The recipe's dataset, or AssumedLengths with a note when its data is not here."""
     from megatron_ext.config.loader import RecipeError
-    from megatron_ext.data.loader import build_dataset
+    from megatron_ext.training.loader import build_dataset
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the mixture prints its plan
@@ -73,7 +73,7 @@ def _pairs(lengths) -> float:
 
 def rank_work(recipe: Recipe, dataset: SampleDataset, dp: int, batches: range) -> List[RankWork]:
     """Per global batch, the work of its slowest DP rank (most FLOPs), as training deals it."""
-    from megatron_ext.data.loader import sample_cost
+    from megatron_ext.training.loader import sample_cost
     from megatron_ext.data.sampler import DataParallelSampler
 
     t = recipe.train

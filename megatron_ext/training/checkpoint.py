@@ -211,6 +211,28 @@ def _set_rng_state(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def _write_results_in_process() -> None:
+    """No helper process for our (synchronous) saves.
+
+    Megatron-Core 0.19's torch_dist writer passes each save's write results through a
+    ``multiprocessing.Manager().Queue()``, created at the first save and kept for the life of
+    the run, even when the save runs in this process as ours do. That Manager is a ~275 MB
+    server process (plus a resource tracker): a signal sent to the whole process group (Slurm,
+    scancel, ``kill -- -PGID``) kills it, the next save, the one the signal asked for, fails
+    with EOFError / BrokenPipeError, and after a kill it outlives the run. The writer only
+    ``put``s and ``get_nowait``s, so an in-process queue does the same job.
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if not hasattr(filesystem_async, "_results_queue"):  # a Megatron-Core that changed this: look again
+        raise CheckpointError("megatron.core.dist_checkpointing.strategies.filesystem_async._results_queue "
+                              "is gone; review _write_results_in_process for this Megatron-Core version")
+    if not isinstance(filesystem_async._results_queue, queue.Queue):
+        filesystem_async._results_queue = queue.Queue()
+
+
 class Checkpointer:
     def __init__(self, recipe: Recipe, model, optimizer, scheduler, layout: Layout, log=print):
         self.recipe, self.model, self.optimizer, self.scheduler = recipe, model, optimizer, scheduler
@@ -284,6 +306,7 @@ class Checkpointer:
         # Every DP(+CP) replica writes / reads a slice instead of rank 0 doing it all.
         group = parallel_state.get_data_parallel_group(with_context_parallel=True)
         if save:
+            _write_results_in_process()
             return FullyParallelSaveStrategyWrapper(TorchDistSaveShardedStrategy("torch_dist", 1), group)
         return FullyParallelLoadStrategyWrapper(TorchDistLoadShardedStrategy(), group)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -13,7 +14,7 @@ import torch.distributed as dist
 
 from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import validate
-from megatron_ext.net import free_port
+from megatron_ext.launch_env import LaunchError, rank_env
 
 
 @dataclass(frozen=True)
@@ -33,24 +34,28 @@ class Layout:
         return self.rank == 0
 
 
-def _rank_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun, else from srun's task variables."""
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in os.environ and "MASTER_ADDR" in os.environ:
-        return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ["SLURM_LOCALID"])
-    # A lone process: any free port, so that several single-GPU runs can share a node.
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
-    return 0, 1, 0
+def select_gpu(local_rank: int) -> None:
+    """Select this rank's GPU; a machine without (enough) usable GPUs is the user's to fix."""
+    with warnings.catch_warnings(record=True) as caught:  # torch says why CUDA failed as a warning
+        warnings.simplefilter("always")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        why = f" ({' '.join(str(caught[0].message).split())})" if caught else ""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hint = (f"check CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None
+                else "use train.device=cpu for a CPU run")
+        raise LaunchError(f"train.device=cuda but no GPU is visible{why}; {hint}")
+    if local_rank >= count:
+        raise LaunchError(f"local rank {local_rank} has no GPU: {count} visible on this node; "
+                          f"launch at most {count} processes per node")
+    torch.cuda.set_device(local_rank)
 
 
 def initialize(recipe: Recipe) -> Layout:
     """Start torch.distributed and Megatron's parallel state; validate against the world size."""
     from megatron.core import parallel_state, tensor_parallel
 
-    rank, world_size, local_rank = _rank_env()
+    rank, world_size, local_rank = rank_env()
     validate(recipe, world_size=world_size)
     if recipe.train.device == "cpu":
         from megatron_ext import cpu_emulation
@@ -58,9 +63,7 @@ def initialize(recipe: Recipe) -> Layout:
         cpu_emulation.install()
         backend = "gloo"
     else:
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no GPU is visible; use train.device=cpu for a CPU run")
-        torch.cuda.set_device(local_rank)
+        select_gpu(local_rank)
         backend = "nccl"
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import replace
 from typing import Iterator
 
@@ -68,6 +69,15 @@ def sample_cost(recipe: Recipe, dataset: SampleDataset):
     return lambda index: flops.training_flops(dataset.document_lengths(index).tolist())
 
 
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore the stop signals. Slurm and ``kill -- -PGID`` signal every
+    process of the job; a worker killed by one fails the run ("DataLoader worker ... killed by
+    signal") before the main process, which handles them (training/signals.py), can save.
+    The workers end when the main process does."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def micro_batches(recipe: Recipe, dataset: SampleDataset, consumed_samples: int, dp_rank: int,
                   dp_size: int) -> Iterator[MicroBatch]:
     """Endless stream of this DP rank's micro-batches, starting after ``consumed_samples``."""
@@ -78,4 +88,5 @@ def micro_batches(recipe: Recipe, dataset: SampleDataset, consumed_samples: int,
     workers = recipe.data.num_workers
     return iter(DataLoader(_Indexed(dataset), batch_sampler=sampler, collate_fn=_Collate(recipe),
                            num_workers=workers, pin_memory=t.device == "cuda", persistent_workers=workers > 0,
-                           prefetch_factor=4 if workers > 0 else None))
+                           prefetch_factor=4 if workers > 0 else None,
+                           worker_init_fn=_leave_signals_to_the_main_process))

@@ -13,8 +13,35 @@ from typing import Dict, Iterator, List
 
 import torch
 
+from megatron_ext.config.schema import Recipe
+from megatron_ext.config.validate import uses_ring_attention
 from megatron_ext.model.linear_cross_entropy import gpt_output_processor
-from megatron_ext.training.batch import MicroBatch
+from megatron_ext.training.batch import MicroBatch, for_context_parallel_rank
+from megatron_ext.training.metrics import FlopsModel, StepStats
+
+
+class DeviceBatches:
+    """Moves micro-batches to the device, keeps this CP rank's share, counts tokens and FLOPs."""
+
+    def __init__(self, source: Iterator[MicroBatch], recipe: Recipe, layout, device: torch.device):
+        self.source, self.layout, self.device = source, layout, device
+        self.flops_model = FlopsModel.from_recipe(recipe)
+        self.fp8_attention = recipe.precision.fp8_dot_product_attention
+        self.ring_attention = uses_ring_attention(recipe)
+        self.stats = StepStats()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> MicroBatch:
+        mb = next(self.source)
+        if self.fp8_attention and mb.is_thd:
+            raise RuntimeError("precision.fp8_dot_product_attention is on but a packed multi-document sample "
+                               "arrived; FP8 attention cannot be trained on THD batches on Hopper")
+        self.stats.tokens += mb.num_real_tokens
+        self.stats.flops += self.flops_model.training_flops(mb.doc_lengths)
+        return for_context_parallel_rank(mb.to(self.device), self.layout.cp_size, self.layout.cp_rank,
+                                         self.ring_attention)
 
 
 def dense_document_mask(mb: MicroBatch) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from megatron_ext.config import load_recipe
-from megatron_ext.data.loader import build_dataset, sample_cost
+from megatron_ext.training.loader import build_dataset, sample_cost
 from megatron_ext.data.sampler import DataParallelSampler, balanced_assignment
 from train_runner import losses, train
 

@@ -33,4 +33,4 @@ def test_matches_reference(monkeypatch, chunk_bytes):
 def test_chunking_bounds_the_logits_memory(monkeypatch):
     monkeypatch.setattr(lce, "_CHUNK_BYTES", 1 << 30)
     # 128K vocabulary: about 2K tokens per chunk, i.e. 1 GiB of fp32 logits at a time
-    assert lce._chunk_tokens(128256) * 128256 * 4 <= 1 << 30
+    assert lce.chunk_tokens(128256) * 128256 * 4 <= 1 << 30

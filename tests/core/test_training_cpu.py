@@ -1,19 +1,9 @@
-"""The real training loop under CPU emulation: learning, exact resume, signals, atomic
-checkpoints, the stage handoff, and data/tensor parallelism matching one rank."""
-
-import signal
-import time
+"""The real training loop under CPU emulation: learning, exact resume, atomic checkpoints, the
+stage handoff, and data/tensor parallelism matching one rank (signals: test_signals.py)."""
 
 import pytest
 
-from train_runner import finish, losses, read_metrics, start_train, train
-
-TINY_CPU = [
-    "recipes/tiny/prolong_stage1.yaml", "train.device=cpu", "precision.bf16=false", "train.seq_length=256",
-    "train.global_batch_size=4", "model.vocab_size=512", "data.synthetic.vocab_size=null", "data.num_workers=0",
-    "logging.tensorboard_dir=null",
-    "logging.progress_bar=false",
-]
+from train_runner import TINY_CPU, losses, train
 
 
 def run(tmp_path, *overrides, env, nproc=1, name="run"):
@@ -43,25 +33,6 @@ def test_killed_run_resumes_exactly(tmp_path, python_env):
     assert "resumed from" in out and "iteration 3, 12 samples consumed" in out
     assert losses(second) == losses(straight)             # bit-identical continuation
     assert [m["lr"] for m in second] == [m["lr"] for m in straight]
-
-
-def test_sigusr1_saves_and_exits_for_requeue(tmp_path, python_env):
-    metrics = tmp_path / "run.jsonl"
-    proc = start_train([*TINY_CPU, "train.train_iters=1000", f"checkpoint.save={tmp_path}/ck",
-                        "checkpoint.save_interval=1000"], metrics, python_env)
-    deadline = time.time() + 300
-    while not read_metrics(metrics) and time.time() < deadline:
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGUSR1)
-    out = finish(proc, 300)
-    assert proc.returncode == 3, out
-    assert "received SIGUSR1" in out
-    saved = int((tmp_path / "ck/latest_checkpointed_iteration.txt").read_text())
-    assert 1 <= saved < 1000 and (tmp_path / f"ck/iter_{saved:07d}/metadata.json").exists()
-    rc, out, m = run(tmp_path, f"train.train_iters={saved + 2}", f"checkpoint.save={tmp_path}/ck",
-                     "checkpoint.save_interval=1000", name="resume", env=python_env)
-    assert rc == 0, out
-    assert [it for it, _ in losses(m)] == [saved + 1, saved + 2]
 
 
 def test_half_written_checkpoint_is_never_resumed(tmp_path, python_env):

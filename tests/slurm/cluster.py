@@ -1,6 +1,8 @@
-"""A real one-node Slurm (Debian's slurmctld + slurmd + munge) started by hand for the tests.
+"""A real two-node Slurm (Debian's slurmctld + two slurmd + munge) started by hand for the tests.
 
-Everything lives in one temporary folder: config, state, spool, logs, pid files and a munged
+Both nodes are this machine: one slurmd per node name (``slurmd -N``), named after the host and
+``localhost`` so that a job's first node name (its MASTER_ADDR) resolves either way.
+Everything lives in one temporary folder: config, state, spools, logs, pid files and a munged
 of its own on its own socket, so it neither needs nor disturbs a system Slurm or munge.
 Clients find it through SLURM_CONF (``Cluster.env``). ``stop()`` ends the daemons by the
 PIDs they wrote and removes the folder.
@@ -23,7 +25,7 @@ from megatron_ext.net import free_port
 
 APT_PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 DAEMONS = {"munged": "/usr/sbin/munged", "slurmctld": "/usr/sbin/slurmctld", "slurmd": "/usr/sbin/slurmd"}
-CPUS = 8  # advertised (SlurmdParameters=config_overrides): 8 tasks on a 2-core machine
+CPUS = 8  # per node, advertised (SlurmdParameters=config_overrides): 8 tasks on a 2-core machine
 
 
 class ClusterError(RuntimeError):
@@ -58,8 +60,10 @@ class Cluster:
         self.root = Path(tempfile.mkdtemp(prefix="megatron-ext-slurm-"))
         self.root.chmod(0o755)  # munged runs as 'munge' and must reach its socket folder
         self.host = socket.gethostname().split(".")[0]
+        self.nodes = [self.host] if self.host == "localhost" else [self.host, "localhost"]
         self.conf = self.root / "slurm.conf"
-        self.pidfiles: Dict[str, Path] = {name: self.root / f"{name}.pid" for name in DAEMONS}
+        self.pidfiles: Dict[str, Path] = {name: self.root / f"{name}.pid" for name in ("munged", "slurmctld")}
+        self.pidfiles.update({f"slurmd-{node}": self.root / f"slurmd-{node}.pid" for node in self.nodes})
         self.munge_socket = self.root / "munge" / "munge.socket"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
@@ -68,11 +72,13 @@ class Cluster:
         self._check_hostname()
         self._start_munge()
         self._write_config()
-        for daemon in ("slurmctld", "slurmd"):
-            subprocess.run([DAEMONS[daemon], "-f", str(self.conf)], check=True, env=self.env,
+        daemons = [("slurmctld", [DAEMONS["slurmctld"]])]
+        daemons += [(f"slurmd-{node}", [DAEMONS["slurmd"], "-N", node]) for node in self.nodes]
+        for name, command in daemons:
+            subprocess.run([*command, "-f", str(self.conf)], check=True, env=self.env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            _wait_for(f"{daemon} pid file", self.pidfiles[daemon].exists, 20, self.root / f"{daemon}.log")
-        _wait_for("node idle", self._node_idle, 60, self.root / "slurmd.log")
+            _wait_for(f"{name} pid file", self.pidfiles[name].exists, 20, self.root / f"{name}.log")
+        _wait_for("nodes idle", self._node_idle, 60, self.root / f"slurmd-{self.host}.log")
         return self
 
     def _check_hostname(self) -> None:
@@ -101,25 +107,25 @@ class Cluster:
 
     def _write_config(self) -> None:
         r = self.root
-        for sub in ("state", "spool"):
-            (r / sub).mkdir()
+        (r / "state").mkdir()
+        for node in self.nodes:
+            (r / "spool" / node).mkdir(parents=True)
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
         self.conf.write_text(f"""\
 ClusterName=ci
 SlurmctldHost={self.host}(127.0.0.1)
 SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
 # Requeued jobs restart after cred_expire (default 120 s).
 AuthInfo=cred_expire=10,socket={self.munge_socket}
 StateSaveLocation={r / 'state'}
-SlurmdSpoolDir={r / 'spool'}
+SlurmdSpoolDir={r / 'spool'}/%n
 SlurmctldPidFile={self.pidfiles['slurmctld']}
-SlurmdPidFile={self.pidfiles['slurmd']}
+SlurmdPidFile={r}/slurmd-%n.pid
 SlurmctldLogFile={r / 'slurmctld.log'}
-SlurmdLogFile={r / 'slurmd.log'}
+SlurmdLogFile={r}/slurmd-%n.log
 # No cgroups in containers.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -135,9 +141,9 @@ ReturnToService=2
 KillWait=10
 # Finished jobs stay visible to scontrol for the whole test session.
 MinJobAge=3600
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={CPUS} RealMemory={memory} State=UNKNOWN
-PartitionName=ci Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
-""")
+""" + "".join(f"NodeName={node} NodeHostname={self.host} NodeAddr=127.0.0.1 Port={free_port()} CPUs={CPUS} "
+                  f"RealMemory={memory} State=UNKNOWN\n" for node in self.nodes)
+            + f"PartitionName=ci Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP\n")
 
     def _node_idle(self) -> bool:
         out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True, text=True)
@@ -178,7 +184,7 @@ PartitionName=ci Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             deadline = time.monotonic() + 30  # let slurmd end the jobs' processes
             while time.monotonic() < deadline and self._active_jobs():
                 time.sleep(0.5)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in [*(f"slurmd-{node}" for node in self.nodes), "slurmctld", "munged"]:
             pidfile = self.pidfiles[name]
             if not pidfile.exists():
                 continue

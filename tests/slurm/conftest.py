@@ -1,5 +1,6 @@
-"""A real one-node Slurm for the slurm/ scripts: installed with apt if missing (root only),
-started once per session, and stopped by PID at the end, also when tests fail."""
+"""A real two-node Slurm (both nodes on this machine) for the slurm/ scripts: installed with apt
+if missing (root only), started once per session, and stopped by PID at the end, also when
+tests fail."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from cluster import APT_PACKAGES, Cluster, install_packages, missing_packages  #
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slurm: starts a real one-node Slurm (root, Debian packages)")
+    config.addinivalue_line("markers", "slurm: starts a real two-node Slurm on this machine (root, Debian packages)")
 
 
 def _apt_install(packages, why: str) -> None:

@@ -1,12 +1,17 @@
-"""The slurm/ scripts without a Slurm: shellcheck, and the launcher on a machine without Slurm
-(tools/gpu/launch_without_slurm.sh, the GPU-box check) running the real training on the CPU."""
+"""The slurm/ scripts without a Slurm: shellcheck; the launcher on a machine without Slurm
+(tools/gpu/launch_without_slurm.sh, the GPU-box check) running the real training on the CPU and
+passing a stop signal on; the container options of slurm/launch.sh."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from train_runner import TINY_CPU, finish
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted([*(REPO / "slurm").rglob("*.sh"), *(REPO / "slurm").glob("*.sbatch"),
@@ -19,20 +24,42 @@ def test_shellcheck_is_clean(shellcheck):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_launch_without_slurm_trains_and_writes_run_info(tmp_path):
+def test_launch_without_slurm_passes_a_signal_on_and_writes_run_info(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python3 = this Python
-    out = subprocess.run([str(REPO / "tools" / "gpu" / "launch_without_slurm.sh"), str(tmp_path),
-                          "recipes/tiny/prolong_stage1.yaml", "train.device=cpu", "precision.bf16=false",
-                          "train.seq_length=256", "train.global_batch_size=4", "model.vocab_size=512",
-                          "data.synthetic.vocab_size=null", "data.num_workers=0", "logging.progress_bar=false",
-                          "train.train_iters=2"], cwd=REPO, env=env, capture_output=True, text=True)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log
-    assert "iter 2/2" in (tmp_path / "train.log").read_text()
-    assert (tmp_path / "checkpoint" / "iter_0000002" / "metadata.json").exists()
+    proc = subprocess.Popen([str(REPO / "tools" / "gpu" / "launch_without_slurm.sh"), str(tmp_path), *TINY_CPU,
+                             "data.num_workers=2", "train.train_iters=1000", "checkpoint.save_interval=2"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    log = tmp_path / "train.log"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and "iter 3/1000" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, finish(proc)
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # the script only
+    out = finish(proc, 300)
+    assert proc.returncode == 3, out
+    saved = int((tmp_path / "checkpoint" / "latest_checkpointed_iteration.txt").read_text())
+    assert saved >= 3 and f"received SIGTERM: checkpoint saved at iteration {saved}" in log.read_text()
     info = tmp_path / "run_info"
-    assert "train_iters: 2" in (info / "recipe.yaml").read_text()
+    assert "train_iters: 1000" in (info / "recipe.yaml").read_text()
     environment = (info / "env.txt").read_text()
     assert "SLURM_PROCID=0" in environment and "LAUNCHER=local" in environment and "MASTER_PORT=" in environment
     assert "megatron_ext.train" in (info / "command.txt").read_text()
+
+
+def test_launch_names_the_container_per_job_and_passes_our_variables_into_it(tmp_path):
+    # No pyxis here: a stand-in srun prints the options it was given.
+    (tmp_path / "srun").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "srun").chmod(0o755)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, "PATH": f"{tmp_path}:{os.environ['PATH']}",
+           "PYTHON_ENV": "container", "CONTAINER_IMAGE": "nvcr.io#nvidia/pytorch:25.04-py3", "SLURM_JOB_ID": "4242",
+           "MASTER_ADDR": "node1", "NCCL_SOCKET_IFNAME": "ib0"}
+    out = subprocess.run([str(REPO / "slurm" / "launch.sh"), "--", "python3", "-V"], cwd=REPO, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    options = out.stdout.splitlines()
+    assert "--container-name=megatron-ext-4242" in options and "--export=ALL" in options
+    passed = next(o for o in options if o.startswith("--container-env=")).split("=", 1)[1].split(",")
+    assert {"PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "CUDA_DEVICE_MAX_CONNECTIONS", "NCCL_IB_TIMEOUT",
+            "NCCL_SOCKET_IFNAME"} <= set(passed)

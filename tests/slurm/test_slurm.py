@@ -1,8 +1,10 @@
-"""The slurm/ scripts on a real one-node Slurm (no mocks of sbatch/srun): a stage, the whole
-pipeline, the signal -> checkpoint -> requeue -> resume cycle, the requeue cap, crashes and
-bad input. The node has no GPU: training stages run for real on the CPU (train.device=cpu,
-the same loop and checkpoint code), or in preflight mode (train.preflight=true: every step up
-to the first GPU operation, reported as "PREFLIGHT ONLY"), which trains nothing.
+"""The slurm/ scripts on a real two-node Slurm (no mocks of sbatch/srun): a stage, the whole
+pipeline, the signal -> checkpoint -> requeue -> resume cycle (a rank on each node, DataLoader
+workers, the signal after a save), scancel, a signal at the very start of a job, the requeue
+cap, crashes, job arrays, --export=NONE and bad input. The nodes have no GPU: training stages
+run for real on the CPU (train.device=cpu, the same loop and checkpoint code), or in preflight
+mode (train.preflight=true: every step up to the first GPU operation, reported as "PREFLIGHT
+ONLY"), which trains nothing.
 
 All long jobs are submitted at once by the `jobs` fixture so that they run side by side."""
 
@@ -34,7 +36,7 @@ pytestmark = pytest.mark.slurm
 
 def write_site_env(path: Path, work: Path, **values) -> Path:
     venv = Path(sys.prefix)
-    base = {"GPUS_PER_NODE": 0, "TASKS_PER_NODE": 1, "CPUS_PER_TASK": 1,
+    base = {"GPUS_PER_NODE": 0, "TASKS_PER_NODE": 1, "CPUS_PER_TASK": 1, "TRAIN_EXCLUSIVE": 0,
             "PYTHON_ENV": "venv" if (venv / "bin" / "activate").exists() else "none", "VENV_DIR": venv,
             "LOG_DIR": work / "logs", "MAX_REQUEUES": 3}
     path.write_text("".join(f"{k}={shlex.quote(str(v))}\n" for k, v in {**base, **values}.items()))
@@ -53,7 +55,7 @@ def submit(cluster, *args, site: Path) -> str:
 
 
 def pipeline_jobs(run_dir: Path) -> dict:
-    return dict(line.split() for line in (run_dir / "jobs.txt").read_text().splitlines())
+    return {line.split()[0]: line.split()[1] for line in (run_dir / "jobs.txt").read_text().splitlines()}
 
 
 def log_of(cluster, job_id: str) -> str:
@@ -161,14 +163,37 @@ def jobs(cluster, work):
     assert out.returncode == 0, out.stderr
     submitted["pipeline_cpu"] = (run_a, out.stdout, site_a)
 
-    # B: the pipeline in preflight mode, two ranks per stage; stage 2 gets an invalid batch size.
+    # B: the pipeline in preflight mode on a fresh run directory, two ranks per stage.
     run_b = work / "pipeline_preflight"
     site_b = write_site_env(work / "b.env", work, TASKS_PER_NODE=2, HF_MODEL=hf, RUN_DIR=run_b,
-                            PROLONG_DATA=work / "data_b", DATA_PLAN=plan, STAGE2_OVERRIDES="train.global_batch_size=3",
+                            PROLONG_DATA=work / "data_b", DATA_PLAN=plan,
                             **write_recipes(work / "recipes_b", run_b, work / "data_b"))
     out = run_script(cluster, "pipeline.sh", "--preflight", site=site_b)
     assert out.returncode == 0, out.stderr
     submitted["pipeline_preflight"] = (run_b, out.stdout)
+
+    # C: a preflight from stage 1 whose stage 1 gets an invalid batch size: what depends on it is cancelled.
+    run_c = work / "pipeline_failing"
+    (run_c / "base").mkdir(parents=True)  # the import's output, which --from stage1 expects
+    (run_c / "base" / "model.yaml").write_text("model: {}\n")
+    site_c = write_site_env(work / "c.env", work, TASKS_PER_NODE=2, HF_MODEL=hf, RUN_DIR=run_c,
+                            STAGE1_OVERRIDES="train.global_batch_size=3",
+                            **write_recipes(work / "recipes_c", run_c, work / "data_b"))
+    out = run_script(cluster, "pipeline.sh", "--preflight", "--from", "stage1", site=site_c)
+    assert out.returncode == 0, out.stderr
+    submitted["pipeline_failing"] = run_c
+
+    # A job array with SBATCH_EXPORT=NONE and no USER: the submission's environment reaches no task.
+    site_array = write_site_env(work / "array.env", work, PROLONG_CKPT=work / "array")
+    with open(site_array, "a") as f:
+        f.write("LOG_DIR=$PROLONG_CKPT/logs_$USER\n")
+    env = {k: v for k, v in cluster.env.items() if k != "USER"}
+    out = subprocess.run([str(SLURM / "submit.sh"), "--array=0-1", "--job-name=array", "train", *TINY_STAGE1,
+                          "train.train_iters=2", "train.seed=%a", f"checkpoint.save={work / 'array'}/task%a"],
+                         cwd=REPO, env={**env, "SITE_ENV": str(site_array), "SBATCH_EXPORT": "NONE"},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    submitted["array"] = re.search(r": job (\d+), log ", out.stdout).group(1)
 
     # The requeue cap: every run stops after one iteration (exit 3); at most one requeue.
     site_cap = write_site_env(work / "cap.env", work, MAX_REQUEUES=1)
@@ -179,7 +204,8 @@ def jobs(cluster, work):
     (work / "crash").mkdir()
     (work / "crash" / "latest_checkpointed_iteration.txt").write_text("garbage\n")
     out = subprocess.run(["sbatch", "--parsable", "--job-name=crash", "--gpus-per-node=0", "--ntasks-per-node=1",
-                          "--cpus-per-task=1", f"--output={work / 'logs'}/%x-%j.out", str(SLURM / "train.sbatch"),
+                          "--cpus-per-task=1", "--oversubscribe", f"--output={work / 'logs'}/%x-%j.out",
+                          str(SLURM / "train.sbatch"),
                           *TINY_STAGE1, f"checkpoint.save={work / 'crash'}"],
                          cwd=REPO, env={**cluster.env, "SITE_ENV": str(write_site_env(work / "crash.env", work))},
                          capture_output=True, text=True)
@@ -190,18 +216,21 @@ def jobs(cluster, work):
 
 # --- tests ----------------------------------------------------------------------------------
 
-def test_signal_saves_requeues_and_resumes(cluster, work, jobs):
+def test_signal_after_a_save_saves_requeues_and_resumes(cluster, work, jobs):
+    # Two nodes, a rank on each, with DataLoader workers; the signal after a first save: the
+    # second save is the one that failed when signals killed the checkpoint writer's helper
+    # process and the workers.
     site = write_site_env(work / "signal.env", work)
-    job = submit(cluster, "--job-name=signal", "train", *TINY_STAGE1, "train.train_iters=8",
-                 f"checkpoint.save={work / 'signal'}", site=site)
-    wait_for_text(cluster, job, "iter 1/8")
+    job = submit(cluster, "--job-name=signal", "--nodes=2", "train", *TINY_STAGE1, "data.num_workers=2",
+                 "train.train_iters=8", "checkpoint.save_interval=2", f"checkpoint.save={work / 'signal'}", site=site)
+    wait_for_text(cluster, job, "iter 3/8")
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=cluster.env, check=True)
     log = finished_training(cluster, job, "COMPLETED", "0:0", restarts=1)
-    saved = re.search(r"saved checkpoint \S+/iter_(\d+)", log)
+    saved = re.search(r"received SIGUSR1: checkpoint saved at iteration (\d+)", log)
     assert saved, log
     iteration = int(saved.group(1))
-    assert 1 <= iteration < 8
-    order = ["run 1, requeues so far 0 of at most 3", "received SIGUSR1", f"checkpoint saved at iteration {iteration}",
+    assert 3 <= iteration < 8
+    order = ["run 1, requeues so far 0 of at most 3: 2 node(s) x 1 tasks", "received SIGUSR1", f"checkpoint saved at iteration {iteration}",
              "requeueing (requeue 1 of at most 3)", "run 2, requeues so far 1 of at most 3",
              f"resumed from {work / 'signal'}/iter_{iteration:07d}: iteration {iteration}", "iter 8/8", "finished (exit 0)"]
     positions = [log.find(text) for text in order]
@@ -212,6 +241,58 @@ def test_signal_saves_requeues_and_resumes(cluster, work, jobs):
         assert "train_iters: 8" in (folder / "recipe.yaml").read_text()
         assert f"SLURM_JOB_ID={job}" in (folder / "env.txt").read_text()
         assert "commit" in (folder / "git.txt").read_text()
+
+
+def test_scancel_saves_and_is_not_requeued(cluster, work, jobs):
+    # scancel signals every process of the job (ranks and DataLoader workers) and kills what is
+    # left after KillWait: the save must be done by then.
+    site = write_site_env(work / "scancel.env", work)
+    job = submit(cluster, "--job-name=scancel", "train", *TINY_STAGE1, "data.num_workers=2", "train.train_iters=1000",
+                 "checkpoint.save_interval=2", f"checkpoint.save={work / 'scancel'}", site=site)
+    wait_for_text(cluster, job, "iter 3/1000")
+    subprocess.run(["scancel", job], env=cluster.env, check=True)
+    info = cluster.wait([job], JOB_TIMEOUT)[job]
+    log = log_of(cluster, job)
+    assert (info["JobState"], info["Restarts"]) == ("CANCELLED", "0"), log
+    saved = int((work / "scancel" / "latest_checkpointed_iteration.txt").read_text())
+    assert saved >= 3 and f"received SIGTERM: checkpoint saved at iteration {saved}" in log, log
+    assert "stopped by SIGTERM (cancelled or preempted): not requeued" in log
+
+
+def test_a_signal_as_the_job_starts_requeues_it(cluster, work, jobs):
+    # Sent as soon as the job has started: while the run info is written, or the ranks start.
+    site = write_site_env(work / "early.env", work)
+    job = submit(cluster, "--job-name=early", "train", *TINY_STAGE1, "train.train_iters=2",
+                 f"checkpoint.save={work / 'early'}", site=site)
+    wait_for_text(cluster, job, "run 1, requeues so far 0")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=cluster.env, check=True)
+    log = finished_training(cluster, job, "COMPLETED", "0:0", restarts=1)
+    first_run = log.split("run 2, requeues so far 1")[0]
+    assert "received SIGUSR1" in first_run and "requeueing (requeue 1 of at most 3)" in first_run, log
+    assert "iter 2/2" in log and "finished (exit 0)" in log
+
+
+def test_job_array_tasks_train_apart_without_the_submission_environment(cluster, work, jobs):
+    array = jobs["array"]
+    tasks = [f"{array}_{task}" for task in (0, 1)]
+    final = cluster.wait(tasks, JOB_TIMEOUT)
+    for task, job in enumerate(tasks):
+        log = log_of(cluster, job)
+        assert_state(final[job], "COMPLETED", "0:0", log)
+        assert Path(final[job]["StdOut"]).parent == work / "array" / "logs_root"  # $USER set again in the job
+        assert (work / "array" / f"task{task}" / "iter_0000002" / "metadata.json").exists(), log
+        info = Path(final[job]["StdOut"][:-len(".out")] + ".info") / "run0"
+        assert f"seed: {task}" in (info / "recipe.yaml").read_text()
+        environment = (info / "env.txt").read_text()
+        assert f"site env file {work / 'array.env'}:" in environment and "  TRAIN_EXCLUSIVE=0" in environment
+
+
+def test_training_jobs_take_whole_nodes_by_default(cluster, work):
+    site = write_site_env(work / "exclusive.env", work, TRAIN_EXCLUSIVE=1)
+    job = submit(cluster, "--begin=now+1hour", "--job-name=exclusive", "train", *TINY_STAGE1, site=site)
+    info = cluster.job(job)
+    subprocess.run(["scancel", job], env=cluster.env, check=True)
+    assert info["OverSubscribe"] == "NO" and info["MinMemoryNode"] == "0", info
 
 
 def test_requeue_cap_then_fail(cluster, jobs):
@@ -239,6 +320,7 @@ def test_pipeline_trains_every_stage_for_real(cluster, jobs):
     for step, job in ids.items():
         assert_state(final[job], "COMPLETED", "0:0", f"{step}:\n{logs[step]}")
         assert (info_dir(cluster, job) / "env.txt").exists()
+        assert "\r" not in logs[step], f"{step}: progress bars in the log"
     # afterok: no step started before the steps it depends on had ended
     start = {step: final[job]["StartTime"] for step, job in ids.items()}
     end = {step: final[job]["EndTime"] for step, job in ids.items()}
@@ -263,28 +345,40 @@ def test_pipeline_trains_every_stage_for_real(cluster, jobs):
     assert f"after {again['export_hf']}" in out.stdout.splitlines()[-2] and "after" not in out.stdout.splitlines()[1]
 
 
-def test_preflight_pipeline_and_a_failed_step_cancels_its_dependents(cluster, jobs):
+def test_preflight_pipeline_on_a_fresh_run_directory(cluster, jobs):
     run_dir, printed = jobs["pipeline_preflight"]
     ids = pipeline_jobs(run_dir)
     assert list(ids) == ["data", "import_hf", "stage1", "stage2", "sft"], printed
     assert "PREFLIGHT ONLY" in printed and "export_hf, eval: not submitted in preflight mode" in printed
     final = cluster.wait(list(ids.values()), JOB_TIMEOUT)
     logs = {step: log_of(cluster, job) for step, job in ids.items()}
-    for step in ("data", "import_hf", "stage1"):
-        assert_state(final[ids[step]], "COMPLETED", "0:0", logs[step])
+    for step, job in ids.items():
+        assert_state(final[job], "COMPLETED", "0:0", logs[step])
     assert final[ids["stage1"]]["JobName"] == f"{run_dir.name}-stage1-preflight"
     # two srun tasks met through MASTER_ADDR/PORT (a gloo all-reduce) and nothing was trained
     assert "PREFLIGHT ONLY (nothing trained, no GPU used)" in logs["stage1"]
     assert "ranks: 2 rendezvous ok (gloo all-reduce)" in logs["stage1"]
     assert f"checkpoint: initialize from {run_dir}/base" in logs["stage1"]
     assert "iter 1/" not in logs["stage1"] and not (run_dir / "stage1").exists()
-    # the failing step: refused before any rank started, and never requeued
-    assert_state(final[ids["stage2"]], "FAILED", "2:0", logs["stage2"])
-    assert "train.global_batch_size: 3 is not divisible" in logs["stage2"]
-    assert "not started (exit 2): not requeued" in logs["stage2"]
-    # its dependent is cancelled, not left pending, and never ran
-    assert final[ids["sft"]]["JobState"] == "CANCELLED", final[ids["sft"]]
-    assert logs["sft"] == ""
+    # stage 2 keeps its recipe's optimizer handoff; its input is reported as not there yet
+    assert f"initialize from {run_dir}/stage1 (with optimizer state); NO CHECKPOINT THERE YET" in logs["stage2"]
+    assert f"initialize from {run_dir}/stage2 (without optimizer state); NO CHECKPOINT THERE YET" in logs["sft"]
+
+
+def test_a_failed_step_cancels_its_dependents(cluster, jobs):
+    run_dir = jobs["pipeline_failing"]
+    ids = pipeline_jobs(run_dir)
+    assert list(ids) == ["stage1", "stage2", "sft"]
+    final = cluster.wait(list(ids.values()), JOB_TIMEOUT)
+    logs = {step: log_of(cluster, job) for step, job in ids.items()}
+    # refused before any rank started, and never requeued
+    assert_state(final[ids["stage1"]], "FAILED", "2:0", logs["stage1"])
+    assert "train.global_batch_size: 3 is not divisible" in logs["stage1"]
+    assert "not started (exit 2): not requeued" in logs["stage1"]
+    # what depends on it is cancelled, not left pending, and never ran
+    for step in ("stage2", "sft"):
+        assert final[ids[step]]["JobState"] == "CANCELLED", final[ids[step]]
+        assert logs[step] == ""
 
 
 def test_bad_input_is_refused_before_submission(cluster, work):
@@ -303,9 +397,27 @@ def test_bad_input_is_refused_before_submission(cluster, work):
         ("pipeline.sh", [], {"SITE_ENV": str(write_site_env(work / "no_model.env", work))}, "HF_MODEL is not set"),
         ("launch.sh", ["--", "true"], {"PYTHON_ENV": "bogus"}, "PYTHON_ENV='bogus': expected venv, conda, container or none"),
         ("launch.sh", [], {"PYTHON_ENV": "none"}, "launch.sh: no command"),
+        ("submit.sh", ["--array=0-1", "train", recipe], {}, "job array: give every task its own checkpoint directory"),
+        ("submit.sh", ["--job-name=refused", "train", recipe], {"SITE_ENV": str(write_site_env(work / "no_logs.env", work, LOG_DIR=""))},
+         "LOG_DIR is not set: where the job logs go"),
+        ("pipeline.sh", [], {"SITE_ENV": str(write_site_env(work / "no_run_dir.env", work, HF_MODEL=work / "hf"))},
+         "RUN_DIR is not set, nor PROLONG_CKPT"),
     ]
     for script, args, env, message in cases:
         out = run_script(cluster, script, *args, site=site, extra_env=env)
         assert out.returncode == 2 and message in out.stderr, (script, args, out.stdout, out.stderr)
     names = subprocess.run(["squeue", "-h", "-o", "%j"], env=cluster.env, capture_output=True, text=True).stdout
     assert "refused" not in names.split()
+
+
+def test_a_refused_submission_cancels_and_marks_the_pipeline_so_far(cluster, work):
+    # A GPU request on this GPU-less node: sbatch refuses the first training stage.
+    run_dir = work / "pipeline_refused"
+    site = write_site_env(work / "refused.env", work, GPUS_PER_NODE=1, HF_MODEL=work / "hf", RUN_DIR=run_dir)
+    out = run_script(cluster, "pipeline.sh", "--begin=now+1hour", site=site)
+    assert out.returncode == 2 and "sbatch refused the train job" in out.stderr, out.stderr
+    lines = (run_dir / "jobs.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["data", "import_hf"]
+    assert all(line.endswith(" cancelled") for line in lines), lines
+    for line in lines:
+        assert cluster.job(line.split()[1])["JobState"] == "CANCELLED"

@@ -8,10 +8,14 @@
 # Default recipe: recipes/tiny/prolong_stage1.yaml for 30 iterations. Writes OUT_DIR/run_info/
 # (command, resolved recipe, git commit, environment with nvidia-smi), OUT_DIR/checkpoint/ and
 # OUT_DIR/train.log. Python: PYTHON_ENV=none (python3 as found, PYTHONPATH as set) unless set.
+# SIGTERM / SIGUSR1 to this script reach the training (it saves and exits 3); the exit code is
+# the training's.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source-path=SCRIPTDIR/../../slurm source=lib.sh
+source "$repo/slurm/lib.sh"
 if (( $# < 1 )); then
-    sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0" >&2
+    usage "$0" >&2
     exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -31,4 +35,12 @@ export LAUNCHER=local PYTHON_ENV=${PYTHON_ENV:-none}
 
 train=(python3 -m megatron_ext.train "$@" checkpoint.save="$out/checkpoint")
 "$repo/slurm/launch.sh" -- python3 -m megatron_ext.run_info "$out/run_info" -- "${train[@]}"
-"$repo/slurm/launch.sh" -- "${train[@]}" 2>&1 | tee "$out/train.log"
+# In the background, so that a signal to this script can be passed on (bash would otherwise
+# wait for the pipeline before running a trap, or die of the signal and leave it running).
+"$repo/slurm/launch.sh" -- "${train[@]}" > >(tee "$out/train.log") 2>&1 &
+child=$!
+trap 'kill -s TERM "$child"' TERM
+trap 'kill -s USR1 "$child"' USR1
+rc=0
+wait_for "$child" || rc=$?
+exit "$rc"
