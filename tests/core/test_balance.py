@@ -104,8 +104,7 @@ def test_dp2_losses_match_unbalanced_and_resume_exactly(tmp_path, python_env):
         metrics = tmp_path / f"{name}.jsonl"
         metrics.unlink(missing_ok=True)
         rc, out, m = train([*TINY_DP2, f"checkpoint.save={tmp_path}/{name}", *overrides], metrics, python_env, nproc=2)
-        # Stopping early exits with code 3, which torchrun reports as 1.
-        assert rc == 0 or (rc == 1 and "exitcode: 3" in out), out
+        assert rc in (0, 3), out  # 3: stopped early (exit_after_iters), saved
         return losses(m)
 
     in_order = run("in_order", "data.balance_data_parallel=false")
