@@ -67,7 +67,8 @@ from megatron_ext.training.checkpoint_manifest import (
 from megatron_ext.training.distributed import Layout
 from megatron_ext.training.optim import parameters_gathered
 from megatron_ext.training.recipe_changes import check_model_shapes, check_resume, saved_model_section
-from megatron_ext.training.safe_load import describe, original_errors, read_checked, restricted_unpickling
+from megatron_ext.training.safe_load import (describe, original_errors, read_checked, restricted_unpickling,
+                                            trusted_te_extra_state)
 
 
 @dataclass
@@ -411,7 +412,7 @@ class Checkpointer:
         except Exception as e:  # name the checkpoint; Megatron's messages are deep
             what = "model and optimizer" if with_optimizer else "model"
             raise CheckpointError(f"could not load the {what} from {path}: {describe(e)}") from e
-        with torch.no_grad():  # the optimizer copies into views of parameters
+        with torch.no_grad(), trusted_te_extra_state(loaded["model"]):  # the optimizer copies into views of parameters
             self.model.module.load_state_dict(loaded["model"])
             if with_optimizer:
                 _use_recipe_learning_rates(loaded["optimizer"], self.recipe)

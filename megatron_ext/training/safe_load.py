@@ -12,15 +12,21 @@ it likes when loaded. Neither DCP nor Megatron-Core offers a restricted mode, so
   also admits the NumPy types of NumPy's RNG state.
 
 Anything else is refused with ``UnsafeCheckpointError`` naming the global it asked for.
-Tensor data is already read with ``weights_only=True`` by DCP. Still trusted: Transformer
-Engine's FP8 delayed-scaling ``_extra_state``, which TE itself unpickles and refuses unless
-NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE=1 (docs/convert.md, "Untrusted checkpoints").
+Tensor data is already read with ``weights_only=True`` by DCP.
+
+Transformer Engine's FP8 delayed-scaling ``_extra_state`` (scales and amax histories) is a
+plain pickle inside a uint8 tensor that TE unpickles itself, and TE 2.20 refuses to unless
+NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE=1: without more, an FP8 run could never resume.
+``trusted_te_extra_state`` unpickles each such payload first with a restricted unpickler
+(TE's recipe classes, tensors, and nested tensor storage only through ``weights_only``); if
+every one passes, it lets TE load them, having shown that they call nothing else.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
 from contextlib import contextmanager
 from pathlib import Path, PosixPath, WindowsPath
@@ -191,3 +197,62 @@ def read_checked_metadata(directory: Path) -> dcp_metadata.Metadata:
             raise DamagedCheckpointError(f"{file} is truncated: {size} bytes, but {index.fqn} is stored at bytes "
                                          f"{info.offset}-{info.offset + info.length}")
     return metadata
+
+
+# What TE's FP8 extra state pickles: its recipe objects (dataclasses, enums and named tuples of
+# this module) and CPU tensors (plain pickle: a rebuild call around a storage torch.save'd to bytes).
+_TE_RECIPE_MODULE = "transformer_engine.common.recipe"
+_TE_UNSAFE_PICKLE_ENV = "NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE"
+
+
+def _storage_from_bytes(data: bytes):
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+
+
+class _ExtraStateUnpickler(pickle.Unpickler):
+    def __init__(self, file, where: str):
+        super().__init__(file)
+        self.where = where
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _storage_from_bytes  # the nested payload through PyTorch's weights-only unpickler
+        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict")):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module == _TE_RECIPE_MODULE:
+            found = super().find_class(module, name)
+            if isinstance(found, type):  # a recipe data class or enum: constructing one runs no code of the file's choosing
+                return found
+        raise _refusal(self.where, f"{module}.{name}")
+
+
+def check_te_extra_state(payload: torch.Tensor, where: str) -> None:
+    """Refuse a TE ``_extra_state`` payload that would call anything but TE's recipe classes and tensors."""
+    try:
+        _ExtraStateUnpickler(io.BytesIO(payload.detach().cpu().numpy().tobytes()), where).load()
+    except CheckpointError:
+        raise
+    except Exception as e:  # truncated, garbage, or a nested payload weights_only refuses
+        raise UnsafeCheckpointError(f"{where}: not a Transformer Engine FP8 state ({describe(e)}); refused") from None
+
+
+@contextmanager
+def trusted_te_extra_state(state_dict: dict) -> Iterator[None]:
+    """Check every non-empty TE ``_extra_state`` of a model state dict, then let TE unpickle them."""
+    payloads = {k: v for k, v in state_dict.items()
+                if k.endswith("._extra_state") and isinstance(v, torch.Tensor) and v.numel()}
+    for key, value in payloads.items():
+        check_te_extra_state(value, f"model state {key}")
+    saved = os.environ.get(_TE_UNSAFE_PICKLE_ENV)
+    if payloads:
+        os.environ[_TE_UNSAFE_PICKLE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if payloads:
+            if saved is None:
+                os.environ.pop(_TE_UNSAFE_PICKLE_ENV, None)
+            else:
+                os.environ[_TE_UNSAFE_PICKLE_ENV] = saved
