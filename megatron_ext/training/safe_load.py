@@ -17,9 +17,9 @@ Tensor data is already read with ``weights_only=True`` by DCP.
 Transformer Engine's FP8 delayed-scaling ``_extra_state`` (scales and amax histories) is a
 plain pickle inside a uint8 tensor that TE unpickles itself, and TE 2.20 refuses to unless
 NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE=1: without more, an FP8 run could never resume.
-``trusted_te_extra_state`` unpickles each such payload first with a restricted unpickler
-(TE's recipe classes, tensors, and nested tensor storage only through ``weights_only``); if
-every one passes, it lets TE load them, having shown that they call nothing else.
+``trusted_te_extra_state`` unpickles each such payload first with Megatron-Core's restricted
+unpickler (TE's recipe classes, tensors, nested tensor storage only through ``weights_only``);
+if every one passes, it lets TE load them, having shown that they call nothing else.
 """
 
 from __future__ import annotations
@@ -199,43 +199,21 @@ def read_checked_metadata(directory: Path) -> dcp_metadata.Metadata:
     return metadata
 
 
-# What TE's FP8 extra state pickles: its recipe objects (dataclasses, enums and named tuples of
-# this module) and CPU tensors (plain pickle: a rebuild call around a storage torch.save'd to bytes).
-_TE_RECIPE_MODULE = "transformer_engine.common.recipe"
 _TE_UNSAFE_PICKLE_ENV = "NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE"
 
 
-def _storage_from_bytes(data: bytes):
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-
-
-class _ExtraStateUnpickler(pickle.Unpickler):
-    def __init__(self, file, where: str):
-        super().__init__(file)
-        self.where = where
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("torch.storage", "_load_from_bytes"):
-            return _storage_from_bytes  # the nested payload through PyTorch's weights-only unpickler
-        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict")):
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if module == _TE_RECIPE_MODULE:
-            found = super().find_class(module, name)
-            if isinstance(found, type):  # a recipe data class or enum: constructing one runs no code of the file's choosing
-                return found
-        raise _refusal(self.where, f"{module}.{name}")
-
-
 def check_te_extra_state(payload: torch.Tensor, where: str) -> None:
-    """Refuse a TE ``_extra_state`` payload that would call anything but TE's recipe classes and tensors."""
+    """Refuse a TE ``_extra_state`` payload that would call anything but TE's recipe classes and
+    tensors. Megatron-Core's ``SafeUnpickler`` admits exactly what TE's FP8 state pickles (its own
+    TE extension decodes extra state with it); importing megatron.core also routes nested tensor
+    data (``torch.storage._load_from_bytes``) through ``weights_only``."""
+    from megatron.core.safe_globals import SafeUnpickler
+
     try:
-        _ExtraStateUnpickler(io.BytesIO(payload.detach().cpu().numpy().tobytes()), where).load()
-    except CheckpointError:
-        raise
-    except Exception as e:  # truncated, garbage, or a nested payload weights_only refuses
-        raise UnsafeCheckpointError(f"{where}: not a Transformer Engine FP8 state ({describe(e)}); refused") from None
+        SafeUnpickler(io.BytesIO(payload.detach().cpu().numpy().tobytes())).load()
+    except Exception as e:  # a disallowed class, a nested payload weights_only refuses, or garbage
+        raise UnsafeCheckpointError(f"{where}: refused, not a Transformer Engine FP8 state as this project "
+                                    f"writes it ({describe(e)}); load only checkpoints you trust") from None
 
 
 @contextmanager
