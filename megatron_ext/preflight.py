@@ -15,17 +15,8 @@ import torch.distributed as dist
 
 from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import data_parallel_size, validate
+from megatron_ext.planning.shape import parameters_per_gpu
 from megatron_ext.training.metrics import FlopsModel
-
-
-def _parameter_count(recipe: Recipe) -> int:
-    from megatron_ext.config.validate import head_dim, padded_vocab_size
-
-    m = recipe.model
-    q, kv = m.num_attention_heads * head_dim(recipe), m.num_query_groups * head_dim(recipe)
-    layer = m.hidden_size * (q + 2 * kv) + q * m.hidden_size + 3 * m.hidden_size * m.ffn_hidden_size + 2 * m.hidden_size
-    embeddings = padded_vocab_size(recipe) * m.hidden_size * (2 if m.untie_embeddings_and_output_weights else 1)
-    return m.num_layers * layer + embeddings + m.hidden_size
 
 
 def _checkpoint_plan(recipe: Recipe) -> str:
@@ -76,7 +67,7 @@ def preflight(recipe: Recipe) -> int:
     plan = _checkpoint_plan(recipe)
     if rank == 0:
         t = recipe.train
-        params = _parameter_count(recipe)
+        params, _ = parameters_per_gpu(recipe, tp=1)
         tokens = t.global_batch_size * t.seq_length
         step_flops = FlopsModel.from_recipe(recipe).training_flops([t.seq_length] * t.global_batch_size)
         print(f"PREFLIGHT ONLY (nothing trained, no GPU used): recipe {recipe.name}\n"
