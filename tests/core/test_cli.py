@@ -40,15 +40,10 @@ def probe(target: str, *args: str, env: dict) -> tuple:
     return out.returncode, out.stdout, "\n".join(lines), last.endswith("True"), seconds
 
 
-def _cli(path: Path):
-    # tools/convert_*.py belong to the checkpoint branch (`ckpt`), which makes them import lazily.
-    mark = pytest.mark.xfail(strict=False, reason="imports torch before parsing; fixed on branch ckpt") \
-        if path.name.startswith("convert_") and path.parent.name == "tools" else ()
-    return pytest.param(str(path.relative_to(REPO)), marks=mark, id=str(path.relative_to(REPO)))
-
-
 CLIS = [pytest.param("megatron_ext.train", id="-m megatron_ext.train")] + [
-    _cli(p) for p in sorted([*REPO.glob("tools/*.py"), *REPO.glob("benchmarks/*.py")])]
+    pytest.param(str(p.relative_to(REPO)), id=str(p.relative_to(REPO)))
+    for p in sorted([*REPO.glob("tools/*.py"), *REPO.glob("tools/miniature/*.py"), *REPO.glob("benchmarks/*.py")])
+    if "__main__" in p.read_text()]  # command-line tools, not their helper modules
 
 
 @pytest.mark.parametrize("target", CLIS)

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # corpus.py beside this file
 
 from corpus import DEBIAN_PACKAGES, SourceMissing, debian_texts  # noqa: E402
 
