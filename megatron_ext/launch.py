@@ -27,10 +27,10 @@ import time
 from typing import List, Optional
 
 from megatron_ext.net import free_port
+from megatron_ext.train import EXIT_STOPPED_EARLY as STOPPED_EARLY
 from megatron_ext.training.signals import LAUNCHER_PID
 
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-STOPPED_EARLY = 3  # megatron_ext.train's "saved, launch again"
 # After a rank has finished normally, how long the others get to finish too.
 FINISH_GRACE_S = 120
 

@@ -7,31 +7,29 @@ before and after training. Token-averaged over every predicted token of every do
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 
 def read_documents(path: str | Path, text_key: str = "text") -> list[str]:
-    """Documents of a .jsonl file (one per line, field ``text_key``) or a .txt file (the whole file)."""
+    """The documents of a .jsonl/.json/.parquet/.txt file (compressed or not), read as data
+    preparation reads them; a record it would skip is an error here (the measured set must be
+    the whole file)."""
+    from megatron_ext.data.sources import InputError, SourceConfig, read_documents as read_source
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--loss-data {path}: no such file")
-    if path.suffix == ".txt":
-        docs = [path.read_text(errors="replace")]
-    elif path.suffix == ".jsonl":
-        docs = []
-        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                docs.append(json.loads(line)[text_key])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"--loss-data {path}:{number}: not a JSON object with a '{text_key}' field") from None
-    else:
-        raise ValueError(f"--loss-data {path}: expected a .jsonl or .txt file")
-    docs = [d for d in docs if d.strip()]
+    docs = []
+    try:
+        for doc in read_source(SourceConfig(inputs=[str(path)], text_key=text_key)):
+            if doc.skipped and doc.skipped != "empty document":
+                raise ValueError(f"--loss-data {doc.origin}: {doc.skipped}")
+            if doc.text and doc.text.strip():
+                docs.append(doc.text)
+    except InputError as e:
+        raise ValueError(f"--loss-data: {e}") from None
     if not docs:
         raise ValueError(f"--loss-data {path}: no non-empty documents")
     return docs

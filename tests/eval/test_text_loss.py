@@ -45,11 +45,22 @@ def test_read_documents_names_the_bad_line(tmp_path):
     assert read_documents(good) == ["one", "two"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"body": "two"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object with a 'text' field"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: no string 'text' field"):
         read_documents(bad)
+    (tmp_path / "numbers.jsonl").write_text(json.dumps({"text": 17}) + "\n")  # not a string: refused, not a crash
+    with pytest.raises(ValueError, match=r"numbers.jsonl:1: no string 'text' field"):
+        read_documents(tmp_path / "numbers.jsonl")
     (tmp_path / "x.csv").write_text("a")
-    with pytest.raises(ValueError, match="expected a .jsonl or .txt"):
+    with pytest.raises(ValueError, match="x.csv: cannot tell the format"):
         read_documents(tmp_path / "x.csv")
+
+
+def test_read_documents_reads_what_data_preparation_reads(tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "held.jsonl.gz", "wt") as f:
+        f.write("\ufeff" + json.dumps({"text": "first"}) + "\n" + json.dumps({"text": "second"}) + "\n")
+    assert read_documents(tmp_path / "held.jsonl.gz") == ["first", "second"]  # compressed, byte-order mark
 
 
 def test_eval_tool_reports_loss(tiny_llama, tmp_path):

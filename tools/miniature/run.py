@@ -40,6 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from megatron_ext.train import EXIT_STOPPED_EARLY  # noqa: E402
+
 RUNS = ("main", "theta_unchanged", "long_only", "no_doc_masking")
 EVAL_TASKS = "local_niah_single,local_niah_multikey,local_niah_uuid"
 # Held out of every training mixture: The Devil's Dictionary (satirical entries, in the format of the
@@ -185,12 +187,11 @@ class Pipeline:
         overrides = [f"logging.metrics_jsonl={metrics}", "logging.progress_bar=false", *self.args.override]
         if self.args.device == "cpu":
             cmd, env = [self.python, "-m", "megatron_ext.train", self.recipe(label), *overrides], self.env
-        else:
-            cmd = [self.python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={len(gpus)}",
-                   "-m", "megatron_ext.train", self.recipe(label), *overrides]
+        else:  # our launcher, not torchrun: it keeps the ranks' exit code 3 (stopped, saved) for the loop below
+            cmd = [self.python, "-m", "megatron_ext.launch", f"--nproc-per-node={len(gpus)}", self.recipe(label), *overrides]
             env = {**self.env, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
         for attempt in range(RESTART_LIMIT + 1):
-            if self.run(f"train-{label}", cmd, env=env, ok_codes=(0, 3)) == 0:
+            if self.run(f"train-{label}", cmd, env=env, ok_codes=(0, EXIT_STOPPED_EARLY)) == 0:
                 break
             self.log(f"train-{label}: stopped early (exit 3), resuming from its checkpoint")
         else:
