@@ -29,7 +29,6 @@ import importlib.util
 import json
 import re
 import shutil
-import subprocess
 import sys
 import sysconfig
 import zlib
@@ -39,6 +38,7 @@ from typing import Iterator, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from megatron_ext.data.debian_texts import apt_install, bible_text, fortune_cookies, volumes
 from megatron_ext.data.prepare import OutputSpec, PrepareConfig, prepare, summary_text
 from megatron_ext.data.sources import SourceConfig
 
@@ -75,11 +75,7 @@ def install_sources() -> None:
     """apt-get the missing Debian packages (Python packages come from the project's extras)."""
     apt = [m[4:] for m in missing_sources() if m.startswith("apt:")]
     if apt:
-        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        install = ["apt-get", "install", "-y", "-q", *apt]
-        if subprocess.run(install, stdout=subprocess.DEVNULL, env=env).returncode:  # stale package lists?
-            subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL, env=env)
-            subprocess.run(install, check=True, stdout=subprocess.DEVNULL, env=env)
+        apt_install(apt)
 
 
 def _gcide() -> str:
@@ -108,26 +104,18 @@ def _write_repositories(raw: Path, small: bool) -> Path:
 def _write_books(raw: Path, gcide: str, small: bool) -> Path:
     books = raw / "books"
     books.mkdir(parents=True)
-    bible = subprocess.run(["bible", "-f", "Genesis 1:1-Revelation 22:21"], check=True, capture_output=True).stdout
+    bible = bible_text()
     if small:
-        bible = bible[:bible.index(b"\n", SMALL_BIBLE_CHARS) + 1]
-    (books / "bible-kjv.txt").write_bytes(bible)
+        bible = bible[:bible.index("\n", SMALL_BIBLE_CHARS) + 1]
+    (books / "bible-kjv.txt").write_text(bible)
     sizes = SMALL_VOLUME_CHARS if small else VOLUME_CHARS
-    start, n = 0, 0
-    while start < len(gcide) and not (small and n == len(sizes)):
-        end = gcide.find("\n\n", start + sizes[n % len(sizes)])
-        end = len(gcide) if end < 0 else end + 2
-        (books / f"gcide-{n:03d}.txt").write_text(gcide[start:end])
-        start, n = end, n + 1
+    for n, volume in enumerate(volumes(gcide, sizes, limit=len(sizes) if small else None)):
+        (books / f"gcide-{n:03d}.txt").write_text(volume)
     return books
 
 
 def _short_documents(small: bool) -> Iterator[tuple]:
-    fortunes = sorted(p for p in Path(APT_PACKAGES["fortunes"]).iterdir()
-                      if p.is_file() and not p.suffix and not p.is_symlink())
-    for path in fortunes[:SMALL_FORTUNE_FILES] if small else fortunes:
-        for i, text in enumerate(path.read_bytes().decode("utf-8", "replace").split("\n%\n")):
-            yield f"{path.name}:{i}", text
+    yield from fortune_cookies(Path(APT_PACKAGES["fortunes"]), files=SMALL_FORTUNE_FILES if small else None)
     docs = sorted(Path("/usr/share/doc").glob("*/README*")) + sorted(Path("/usr/share/doc").glob("*/copyright"))
     for path in docs[:SMALL_DOCS] if small else docs:
         data = path.read_bytes()

@@ -105,7 +105,7 @@ def texts_bundle(tmp_path_factory) -> Path:
     bible = tmp / "bible.txt"
     bible.write_text(_prose(9, 900))
     out = tmp / "bundle" / "texts"
-    counts = corpus.debian_texts(fake_debian(tmp / "root"), out, bible_text=bible)
+    counts = corpus.debian_texts(fake_debian(tmp / "root"), out, bible_file=bible)
     assert counts == {"books": 2, "short/dictionaries": 24, "short/manuals": 4, "short/fortunes": 10, "heldout/devil": 1}
     return out
 
@@ -142,8 +142,10 @@ def test_every_recipe_composes_and_differs_from_main_in_one_thing():
 
 
 def test_dictionary_entries_are_read_once_and_headers_skipped(tmp_path):
+    from megatron_ext.data.debian_texts import dict_entries
+
     write_dictd(tmp_path, "demo", {"apple": "a fruit", "pear": "another fruit"})
-    assert [h for h, _ in corpus.dict_entries(tmp_path / "demo.dict.dz")] == ["apple", "pear"]
+    assert [h for h, _ in dict_entries(tmp_path / "demo.dict.dz")] == ["apple", "pear"]
 
 
 def test_haystack_text_is_never_collected(tmp_path):

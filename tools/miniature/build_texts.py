@@ -23,7 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # corpus.py beside this file
 
-from corpus import DEBIAN_PACKAGES, SourceMissing, debian_texts  # noqa: E402
+from corpus import DEBIAN_PACKAGES, debian_texts  # noqa: E402
+
+from megatron_ext.data.debian_texts import SourceMissing, apt_install  # noqa: E402
 
 
 def package_versions() -> dict:
@@ -43,8 +45,7 @@ def main(argv=None) -> int:
         print(f"error: {args.out}: the bundle must be a .tar.xz file", file=sys.stderr)
         return 2
     if args.install:
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *DEBIAN_PACKAGES], check=True,
-                       env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        apt_install(list(DEBIAN_PACKAGES))
     with tempfile.TemporaryDirectory() as tmp:
         texts = Path(tmp) / "texts"
         try:

@@ -15,17 +15,14 @@ Output: folders of .txt (one document per file) and .jsonl ({"text", "source"}) 
 
 from __future__ import annotations
 
-import base64
 import email
-import gzip
 import json
-import re
 import shutil
-import subprocess
 import zlib
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Tuple
 
+from megatron_ext.data.debian_texts import SourceMissing, bible_text, dict_entries, fortune_cookies, volumes
 from megatron_ext.data.sources import CODE_EXTENSIONS
 from megatron_ext.eval.haystack import STDLIB_MODULES
 
@@ -51,11 +48,6 @@ REPOSITORY_MAX_BYTES = 8_000_000
 # Not the package's own code: caches, and copies of other projects (torch/include holds 40 MB of
 # ATen/c10/pybind11 headers, most of them generated).
 VENDORED = {"__pycache__", "include", "_vendor", "vendor", "vendored", "third_party"}
-_DICT_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
-class SourceMissing(FileNotFoundError):
-    pass
 
 
 def _write_jsonl(path: Path, docs: Iterable[Tuple[str, str]]) -> int:
@@ -67,51 +59,6 @@ def _write_jsonl(path: Path, docs: Iterable[Tuple[str, str]]) -> int:
                 f.write(json.dumps({"text": text, "source": source}) + "\n")
                 n += 1
     return n
-
-
-def _dict_number(text: str) -> int:
-    value = 0
-    for ch in text:
-        value = value * 64 + _DICT_ALPHABET.index(ch)
-    return value
-
-
-def dict_entries(dict_dz: Path) -> Iterator[Tuple[str, str]]:
-    """(headword, entry text) of a dictd database, in index order, skipping its 00-database header.
-    Several headwords can point at one entry (GCIDE: 204K index lines, 126K entries): each entry once."""
-    index = dict_dz.with_name(dict_dz.name.replace(".dict.dz", ".index"))
-    if not dict_dz.is_file() or not index.is_file():
-        raise SourceMissing(f"{dict_dz} (and its .index)")
-    data = gzip.open(dict_dz).read()
-    seen = set()
-    for line in index.read_text(errors="replace").splitlines():
-        parts = line.split("\t")
-        if len(parts) != 3 or parts[0].startswith("00database") or parts[0].startswith("00-database"):
-            continue
-        start, length = _dict_number(parts[1]), _dict_number(parts[2])
-        if (start, length) in seen:
-            continue
-        seen.add((start, length))
-        yield parts[0], data[start:start + length].decode("utf-8", "replace")
-
-
-def _bible(bible_text: Path | None) -> str:
-    if bible_text is not None:
-        return bible_text.read_text(errors="replace")
-    if shutil.which("bible") is None:
-        raise SourceMissing("the `bible` program (apt-get install bible-kjv)")
-    out = subprocess.run(["bible", "-f", "Genesis 1:1-Revelation 22:21"], check=True, capture_output=True).stdout
-    # Lines are "Ge1:1 In the beginning..."; the references are not prose.
-    return re.sub(r"(?m)^\S+\d+:\d+ ", "", out.decode("utf-8", "replace"))
-
-
-def _volumes(text: str, chars: int) -> Iterator[str]:
-    start = 0
-    while start < len(text):
-        end = text.find("\n\n", start + chars)
-        end = len(text) if end < 0 else end + 2
-        yield text[start:end]
-        start = end
 
 
 def _grouped(entries: Iterable[Tuple[str, str]], chars: int) -> Iterator[Tuple[str, str]]:
@@ -127,15 +74,6 @@ def _grouped(entries: Iterable[Tuple[str, str]], chars: int) -> Iterator[Tuple[s
         yield first, "\n\n".join(group)
 
 
-def _fortunes(directory: Path) -> Iterator[Tuple[str, str]]:
-    if not directory.is_dir():
-        raise SourceMissing(str(directory))
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and not path.suffix and not path.is_symlink():
-            for i, text in enumerate(path.read_bytes().decode("utf-8", "replace").split("\n%\n")):
-                yield f"{path.name}:{i}", text
-
-
 def _manuals(root: Path) -> Iterator[Tuple[str, str]]:
     pods = sorted(root.glob("usr/share/perl/*/pod/*.pod"))
     git = sorted(root.glob("usr/share/doc/git-doc/*.txt"))
@@ -145,7 +83,7 @@ def _manuals(root: Path) -> Iterator[Tuple[str, str]]:
         yield str(path.relative_to(root)), path.read_text(errors="replace")
 
 
-def debian_texts(root: Path, out: Path, bible_text: Path | None = None) -> Dict[str, int]:
+def debian_texts(root: Path, out: Path, bible_file: Path | None = None) -> Dict[str, int]:
     """Write out/books/*.txt, out/short/{manuals,dictionaries,fortunes}.jsonl, out/heldout/devil.jsonl.
 
     root: where the packages are installed (``/``) or extracted (``dpkg-deb -x``).
@@ -154,16 +92,17 @@ def debian_texts(root: Path, out: Path, bible_text: Path | None = None) -> Dict[
     dictd = root / "usr/share/dictd"
     books = out / "books"
     books.mkdir(parents=True, exist_ok=True)
-    (books / "bible-kjv.txt").write_text(_bible(bible_text))
+    bible = bible_file.read_text(errors="replace") if bible_file else bible_text(strip_references=True)
+    (books / "bible-kjv.txt").write_text(bible)
     gcide = "\n\n".join(text for _, text in dict_entries(dictd / "gcide.dict.dz"))
     counts = {"books": 1}
-    for i, volume in enumerate(_volumes(gcide, VOLUME_CHARS)):
+    for i, volume in enumerate(volumes(gcide, [VOLUME_CHARS])):
         (books / f"gcide-{i:03d}.txt").write_text(volume)
         counts["books"] += 1
     dictionaries = (e for name in ("foldoc", "jargon", "vera") for e in dict_entries(dictd / f"{name}.dict.dz"))
     counts["short/dictionaries"] = _write_jsonl(out / "short/dictionaries.jsonl", dictionaries)
     counts["short/manuals"] = _write_jsonl(out / "short/manuals.jsonl", _manuals(root))
-    counts["short/fortunes"] = _write_jsonl(out / "short/fortunes.jsonl", _fortunes(root / "usr/share/games/fortunes"))
+    counts["short/fortunes"] = _write_jsonl(out / "short/fortunes.jsonl", fortune_cookies(root / "usr/share/games/fortunes"))
     devil = _grouped(dict_entries(dictd / "devil.dict.dz"), HELDOUT_DOC_CHARS)
     counts["heldout/devil"] = _write_jsonl(out / "heldout/devil.jsonl", devil)
     return counts
