@@ -18,6 +18,7 @@ UNACTIONABLE_WARNINGS = (
     "MimoModelConfig is experimental",                 # imported by Megatron, never used here
     "The .grad attribute of a Tensor that is not a leaf Tensor",  # cpu_emulation's redirection
     "`torch.distributed.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated",  # Megatron's calls
+    "Could not determine rank from torch.distributed",  # Megatron's dataset helpers outside a job (the planner)
 )
 # logger name -> the start of its messages to drop
 UNACTIONABLE_LOGS = {
