@@ -1,4 +1,4 @@
-"""Warnings a user cannot act on, kept out of the training command's output.
+"""Warnings a user cannot act on, kept out of the output of training and the planner.
 
 Megatron-Core warns that NVIDIA Apex is missing (it is not on the package registry;
 Megatron falls back to Transformer Engine or PyTorch kernels, which is what this project
