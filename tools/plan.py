@@ -10,29 +10,30 @@ refuses the layouts that cannot run (the recipe validator's reason, or the memor
 need), and recommends the fastest, with the overrides that select it. ``--check`` plans only
 the recipe's own layout and exits 2 if it would not fit. Predictions come from the model in
 megatron_ext/planning/ with constants fitted on measured runs (rows of
-``benchmarks/throughput.py --out``); ``--calibrate`` refits them and shows how well the
-planner reproduces every row.
+``benchmarks/throughput.py --out``); ``--calibrate`` refits them from scratch on the rows it
+is given (a constant they do not determine returns to its prior, so pass every run that should
+count) and shows how well the planner reproduces every row. Without the recipe's prepared data
+on this machine it plans on assumed document lengths and says so; data that is here but
+refused (part missing, another tokenizer, too small for max_epochs) is an error.
 
-Exit codes: 0 = ok, 2 = invalid recipe, unreadable input, or (--check) a layout that does not fit.
+Exit codes: 0 = ok, 2 = invalid recipe or data, unreadable input, or (--check) a layout that does not fit.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-warnings.filterwarnings("ignore", module="megatron")  # "TE/Apex not installed" on a planning machine
 
-from megatron_ext.config import RecipeError, load_recipe  # noqa: E402
-from megatron_ext.config.loader import compose  # noqa: E402
+from megatron_ext.config import load_recipe  # noqa: E402
 from megatron_ext.planning.fit import compare, comparison_table, fit, load_rows  # noqa: E402
 from megatron_ext.planning.layouts import Planner, overrides_text, refusal  # noqa: E402
 from megatron_ext.planning.terms import DEFAULT_CALIBRATION, Calibration  # noqa: E402
 from megatron_ext.planning.workload import workload_dataset  # noqa: E402
+from megatron_ext.quiet import hide_unactionable_warnings  # noqa: E402
 
 COLUMNS = ("TP", "CP", "DP", "comm", "recompute", "offload")
 
@@ -109,10 +110,12 @@ def main(argv=None) -> int:
     parser.add_argument("--short-document", type=int, default=4096,
                         help="when the recipe's data is not here: document length assumed for non-long domains")
     parser.add_argument("--check", action="store_true", help="plan only the recipe's own layout; exit 2 if it does not fit")
-    parser.add_argument("--calibrate", type=Path, nargs="+", metavar="ROWS.jsonl", help="refit the constants on these runs")
+    parser.add_argument("--calibrate", type=Path, nargs="+", metavar="ROWS.jsonl",
+                        help="refit the constants from scratch on these runs (the others return to their priors)")
     parser.add_argument("--write", action="store_true", help="with --calibrate: save the refitted constants")
     parser.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION, help="constants file")
     args = parser.parse_args(argv)
+    hide_unactionable_warnings()  # "TE/Apex not installed" on a planning machine
     try:
         calibration = Calibration.load(args.calibration)
         if args.calibrate:
@@ -121,12 +124,8 @@ def main(argv=None) -> int:
             parser.error("RECIPE, --gpus and --gpu-memory are required (or --calibrate ROWS.jsonl)")
         if args.gpus < 1 or args.gpu_memory <= 0:
             parser.error("--gpus and --gpu-memory must be positive")
-        compose(args.recipe, args.overrides)  # type errors first, with the key named
         return plan(args, calibration)
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:  # a RecipeError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

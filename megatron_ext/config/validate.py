@@ -31,6 +31,14 @@ def head_dim(recipe: Recipe) -> int:
     return m.kv_channels or m.hidden_size // m.num_attention_heads
 
 
+def layer_gemm_weights(recipe: Recipe) -> int:
+    """GEMM weights of one transformer layer of the whole model (no TP split): qkv, the
+    attention output projection, and the SwiGLU MLP's fc1 (2 x ffn) and fc2."""
+    m = recipe.model
+    q, kv, h = m.num_attention_heads * head_dim(recipe), m.num_query_groups * head_dim(recipe), m.hidden_size
+    return h * (q + 2 * kv) + q * h + 3 * h * m.ffn_hidden_size
+
+
 def cp_padding_multiple(recipe: Recipe) -> int:
     """Every document is padded to a multiple of this (TE's per-document CP split)."""
     cp = recipe.parallel.context_parallel_size

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron_ext.config.loader import RecipeError
+from megatron_ext.config.errors import RecipeError
 from megatron_ext.config.schema import DomainConfig, Recipe
 from megatron_ext.data.indexed import PreparedDataset
 from megatron_ext.data.packing import PACKERS, PADDING, Packer, Segment

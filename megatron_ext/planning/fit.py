@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
@@ -24,15 +24,13 @@ from megatron_ext.config import load_recipe
 from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import data_parallel_size
 from megatron_ext.planning.memory import memory_terms
-from megatron_ext.planning.terms import GIB, Calibration, Term
+from megatron_ext.planning.terms import GIB, INFORMATIVE_SHARE, Calibration, Term
 from megatron_ext.planning.throughput import time_terms
 from megatron_ext.planning.workload import RankWork, rank_work, workload_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 MEMORY_TOLERANCE, THROUGHPUT_TOLERANCE = 0.10, 0.15
 PRIOR_WEIGHT = 1e-3
-# A constant counts as measured once its terms make up this share of some fitted run.
-INFORMATIVE_SHARE = 0.02
 
 
 @dataclass
@@ -46,7 +44,6 @@ class Row:
     peak_tflops: float
     fit: bool = True               # False: compared, but not fitted on (see note)
     note: str = ""
-    source: dict = field(default_factory=dict)
 
     @property
     def iteration_seconds(self) -> float:
@@ -87,7 +84,7 @@ def measured_row(data: dict) -> Row:
     return Row(label=data["label"], recipe=recipe, gpus=data["gpus"], works=rank_work(recipe, dataset, dp, measured),
                tokens_per_sec_per_gpu=None if oom else data.get("tokens_per_sec_per_gpu"),
                peak_memory_gib=None if oom else data.get("peak_memory_gib"), peak_tflops=data.get("peak_tflops", 989.0),
-               fit=data.get("fit", True), note=data.get("note", ""), source=data)
+               fit=data.get("fit", True), note=data.get("note", ""))
 
 
 def _solve(equations: List[tuple], calibration: Calibration) -> Dict[str, float]:
@@ -112,11 +109,13 @@ def _solve(equations: List[tuple], calibration: Calibration) -> Dict[str, float]
 
 
 def fit(rows: List[Row], calibration: Calibration, sources: List[str]) -> Calibration:
+    """A refit from scratch on ``rows``: the constants they determine, every other one back at
+    its prior (as ``_solve`` pulls toward the priors, not toward an earlier fit), so the result
+    rests on ``sources`` alone; to keep what earlier runs measured, fit on their rows too."""
     memory = [(r.memory_terms(), r.peak_memory_gib * GIB) for r in rows if r.fit and r.peak_memory_gib]
     time = [(r.time_terms(), r.iteration_seconds) for r in rows if r.fit and r.tokens_per_sec_per_gpu]
     solved = _solve(memory, calibration) | _solve(time, calibration)
-    return Calibration(calibration.constants | solved, calibration.priors, calibration.reserve_gib,
-                       calibration.fragmentation, sources, solved)
+    return Calibration(calibration.priors, calibration.reserve_gib, calibration.fragmentation, sources, solved)
 
 
 def compare(rows: List[Row], calibration: Calibration) -> List[dict]:

@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
 
-from megatron_ext.config.loader import RecipeError
+from megatron_ext.config.errors import RecipeError
 from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import data_parallel_size, validate
 from megatron_ext.planning.memory import memory_terms

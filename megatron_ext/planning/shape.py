@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 from megatron_ext.config.schema import Recipe
-from megatron_ext.config.validate import head_dim, padded_vocab_size
+from megatron_ext.config.validate import head_dim, layer_gemm_weights, padded_vocab_size
 
 BF16 = 2
 
@@ -25,10 +25,9 @@ def parameters_per_gpu(recipe: Recipe, tp: Optional[int] = None) -> Tuple[float,
     """(all parameters, GEMM weights of the layers) held by one tensor-parallel rank of the
     recipe's TP, or of ``tp`` (1: the whole model)."""
     m, tp = recipe.model, tp or recipe.parallel.tensor_model_parallel_size
-    q, kv, h = m.num_attention_heads * head_dim(recipe), m.num_query_groups * head_dim(recipe), m.hidden_size
-    gemm = m.num_layers * (h * (q + 2 * kv) + q * h + 3 * h * m.ffn_hidden_size) / tp
-    vocab = padded_vocab_size(recipe) * h * (2 if m.untie_embeddings_and_output_weights else 1) / tp
-    norms = (2 * m.num_layers + 1) * h
+    gemm = m.num_layers * layer_gemm_weights(recipe) / tp
+    vocab = padded_vocab_size(recipe) * m.hidden_size * (2 if m.untie_embeddings_and_output_weights else 1) / tp
+    norms = (2 * m.num_layers + 1) * m.hidden_size
     return gemm + vocab + norms, gemm
 
 

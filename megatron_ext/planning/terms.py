@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence
 
 GIB = 2**30
 DEFAULT_CALIBRATION = Path(__file__).with_name("calibration.json")
+# A constant matters to an estimate (and a run measures it) once its terms make up this share.
+INFORMATIVE_SHARE = 0.02
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,6 @@ class Term:
 
 @dataclass
 class Calibration:
-    constants: Dict[str, float]
     # What a constant is worth before any fit, and where that value comes from.
     priors: Dict[str, dict]
     # Memory outside PyTorch's allocator (CUDA context, NCCL, cuBLAS/cuDNN workspaces) and the
@@ -37,13 +38,16 @@ class Calibration:
     # The constants measured runs have determined; the others are still their priors.
     fitted: Dict[str, float] = field(default_factory=dict)
 
+    @property
+    def constants(self) -> Dict[str, float]:
+        """Every constant's value: fitted where runs determined it, its prior otherwise."""
+        return {name: p["value"] for name, p in self.priors.items()} | self.fitted
+
     @classmethod
     def load(cls, path: Path = DEFAULT_CALIBRATION) -> "Calibration":
         data = json.loads(Path(path).read_text())
-        priors, fitted = data["priors"], data.get("constants", {})
-        constants = {name: p["value"] for name, p in priors.items()} | fitted
-        return cls(constants, priors, data.get("reserve_gib", 3.5), data.get("fragmentation", 0.03),
-                   data.get("fitted_on", []), fitted)
+        return cls(data["priors"], data.get("reserve_gib", 3.5), data.get("fragmentation", 0.03),
+                   data.get("fitted_on", []), data.get("constants", {}))
 
     def save(self, path: Path) -> None:
         data = {"description": "Planner constants (megatron_ext/planning/terms.py); refit with "
@@ -52,7 +56,7 @@ class Calibration:
                 "constants": {k: round(v, 6) for k, v in sorted(self.fitted.items())}, "priors": self.priors}
         Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
-    def unmeasured(self, terms: Sequence[Term], share: float = 0.02) -> List[str]:
+    def unmeasured(self, terms: Sequence[Term], share: float = INFORMATIVE_SHARE) -> List[str]:
         """Constants no measured run has determined yet whose terms make up at least this share
         of the estimate: what a prediction built on these terms rests on beyond measurements."""
         total = self.total(terms)

@@ -11,13 +11,13 @@ seconds per GB actually exposed. Plus the optimizer step and a fixed cost per mi
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List
 
 from megatron_ext.config.schema import Recipe
-from megatron_ext.config.validate import head_dim, padded_vocab_size
+from megatron_ext.config.validate import head_dim, layer_gemm_weights, padded_vocab_size
 from megatron_ext.planning.memory import offloaded_activation_bytes, optimizer_offload_fraction
 from megatron_ext.planning.shape import BF16, Recompute, micro_batch_tokens, parameters_per_gpu
-from megatron_ext.planning.terms import Calibration, Term
+from megatron_ext.planning.terms import Term
 from megatron_ext.planning.workload import RankWork
 from megatron_ext.training.metrics import FlopsModel
 
@@ -62,11 +62,10 @@ def time_terms(recipe: Recipe, world_size: int, work: RankWork, peak_tflops: flo
     tp, cp = p.tensor_model_parallel_size, p.context_parallel_size
     dp_cp = world_size // tp
     layers, h = m.num_layers, m.hidden_size
-    flops = FlopsModel.from_recipe(recipe)
     output_fwd = 2 * h * padded_vocab_size(recipe)
-    layer_fwd = (flops.gemm_per_token - output_fwd) / layers
+    layer_fwd = 2 * layer_gemm_weights(recipe)
     mlp_fwd = 2 * 3 * h * m.ffn_hidden_size
-    attention_fwd = flops.attention_per_pair / layers
+    attention_fwd = FlopsModel.from_recipe(recipe).attention_per_pair / layers
     rc = Recompute.of(recipe)
     rerun_gemm = rc.rerun_layers * layer_fwd + (layers * mlp_fwd if "mlp" in rc.modules else 0.0)
     rerun_attention = rc.rerun_layers + (layers if "core_attn" in rc.modules else 0)
@@ -105,10 +104,3 @@ def time_terms(recipe: Recipe, world_size: int, work: RankWork, peak_tflops: flo
     ]
     return terms
 
-
-def tokens_per_second_per_gpu(recipe: Recipe, world_size: int, works: Sequence[RankWork], peak_tflops: float,
-                              calibration: Calibration) -> float:
-    """Global tokens over the summed iteration times of ``works`` (one per iteration), per GPU."""
-    seconds = sum(calibration.total(time_terms(recipe, world_size, w, peak_tflops)) for w in works)
-    tokens = len(works) * recipe.train.global_batch_size * recipe.train.seq_length
-    return tokens / seconds / world_size

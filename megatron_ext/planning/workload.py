@@ -2,15 +2,18 @@
 
 Attention work depends on the data (sum over documents of d(d+1)/2 pairs), so it is counted
 on the recipe's own samples, dealt to the ranks exactly as training deals them
-(``DataParallelSampler``, balanced or not). When the recipe's prepared data is not on this
-machine, ``AssumedLengths`` stands in for it: long-packing domains give one document per
-sample, the others documents of ``short_document`` tokens; the planner says so.
+(``DataParallelSampler``, balanced or not). When none of the recipe's prepared data is on
+this machine, ``AssumedLengths`` stands in for it: long-packing domains give one document per
+sample, the others documents of ``short_document`` tokens; the planner says so. Data that is
+here but refused (part of it missing, another tokenizer, a domain too small for its
+max_epochs) is an error, as in training: a plan on invented lengths would hide it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -51,19 +54,21 @@ class AssumedLengths:
         return np.array([self.short] * full + ([rest] if rest else []))
 
 
+def _no_data_here(recipe: Recipe) -> bool:
+    return not any(os.path.exists(prefix + suffix) for domain in recipe.data.domains for prefix in domain.paths
+                   for suffix in (".bin", ".idx"))
+
+
 def workload_dataset(recipe: Recipe, short_document: int = 4096) -> Tuple[SampleDataset, Optional[str]]:
-    """The recipe's dataset, or AssumedLengths with a note when its data is not here."""
-    from megatron_ext.config.loader import RecipeError
+    """The recipe's dataset, or AssumedLengths with a note when none of its data files is here.
+    Raises RecipeError for data that is here but refused, naming each problem's key."""
     from megatron_ext.training.loader import build_dataset
 
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the mixture prints its plan
-            return build_dataset(recipe), None
-    except (RecipeError, FileNotFoundError, ValueError):
-        if recipe.data.synthetic is not None:
-            raise
+    if recipe.data.synthetic is None and _no_data_here(recipe):
         assumed = AssumedLengths(recipe, short_document)
         return assumed, assumed.note
+    with contextlib.redirect_stdout(io.StringIO()):  # the mixture prints its plan
+        return build_dataset(recipe), None
 
 
 def _pairs(lengths) -> float:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional
 
 from megatron_ext.config.schema import Recipe
-from megatron_ext.config.validate import head_dim, padded_vocab_size
+from megatron_ext.config.validate import head_dim, layer_gemm_weights, padded_vocab_size
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, for MFU.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "GH200": 989.0, "A100": 312.0,
@@ -43,12 +43,9 @@ class FlopsModel:
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "FlopsModel":
         m = recipe.model
-        q = m.num_attention_heads * head_dim(recipe)
-        kv = m.num_query_groups * head_dim(recipe)
-        per_layer = 2 * (m.hidden_size * (q + 2 * kv) + q * m.hidden_size + 3 * m.hidden_size * m.ffn_hidden_size)
         return cls(
-            gemm_per_token=m.num_layers * per_layer + 2 * m.hidden_size * padded_vocab_size(recipe),
-            attention_per_pair=m.num_layers * 4 * q,
+            gemm_per_token=m.num_layers * 2 * layer_gemm_weights(recipe) + 2 * m.hidden_size * padded_vocab_size(recipe),
+            attention_per_pair=m.num_layers * 4 * m.num_attention_heads * head_dim(recipe),
         )
 
     def training_flops(self, doc_lengths: Iterable[int]) -> float:

@@ -27,6 +27,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from megatron_ext.config.schema import ModelConfig, Recipe
+from megatron_ext.config.validate import head_dim
 from megatron_ext.training.checkpoint_files import CheckpointError
 
 # The common-state key under which tools/convert_hf_to_megatron.py records the model it imported.
@@ -99,8 +100,10 @@ def check_resume(saved_yaml: str, recipe: Recipe, where: str) -> Optional[str]:
     return f"resuming with recipe changes: {_listed(changes)}" if changes else None
 
 
-def _head_dim(model: dict) -> Optional[int]:
-    return model.get("kv_channels") or model["hidden_size"] // model["num_attention_heads"]
+def _head_dim(model: dict) -> int:
+    shape = ModelConfig(kv_channels=model.get("kv_channels"), hidden_size=model["hidden_size"],
+                        num_attention_heads=model["num_attention_heads"])
+    return head_dim(Recipe(model=shape))
 
 
 def saved_model_section(common: dict) -> Optional[dict]:

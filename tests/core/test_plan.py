@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from megatron_ext.config import load_recipe
+from megatron_ext.config import RecipeError, load_recipe
+from megatron_ext.config.schema import DomainConfig
 from megatron_ext.planning.fit import (MEMORY_TOLERANCE, THROUGHPUT_TOLERANCE, Row, compare, fit, load_rows)
 from megatron_ext.planning.layouts import Planner, refusal, with_overrides
 from megatron_ext.planning.memory import memory_terms
@@ -94,9 +96,8 @@ def test_the_measured_runs_are_reproduced(baseline_rows, calibration):
 def test_fit_recovers_known_constants(baseline_rows, calibration):
     """Rows made by a known set of constants (the measured runs' shapes and recompute variants
     of them, so that every constant is determined): the fit finds those constants again."""
-    truth = Calibration(dict(calibration.constants), calibration.priors)
-    truth.constants.update(gemm_bf16=1.6, attention_bf16=2.5, tp_s_per_gb=0.009, activation_scale=0.7,
-                           stored_activation_scale=0.6)
+    truth = Calibration(calibration.priors, fitted=calibration.fitted | dict(
+        gemm_bf16=1.6, attention_bf16=2.5, tp_s_per_gb=0.009, activation_scale=0.7, stored_activation_scale=0.6))
     variants = [{}, {"parallel.recompute_granularity": None, "parallel.recompute_method": None,
                      "parallel.recompute_num_layers": None},
                 {"parallel.recompute_granularity": "selective", "parallel.recompute_method": None,
@@ -114,6 +115,57 @@ def test_fit_recovers_known_constants(baseline_rows, calibration):
     for name in ("gemm_bf16", "attention_bf16", "tp_s_per_gb", "activation_scale", "stored_activation_scale"):
         assert fitted.constants[name] == pytest.approx(truth.constants[name], rel=0.08), name
     assert all(abs(r["throughput_error"]) < 0.01 for r in compare(made, fitted))
+
+
+def test_a_fit_saved_and_loaded_is_the_same_fit(baseline_rows, calibration, tmp_path):
+    """A refit on the bf16 run alone does not determine the FP8 constants the shipped fit took
+    from the FP8 run: they are back at their priors in the values, in what is reported as resting
+    on priors, and in the saved file alike."""
+    bf16 = next(r for r in baseline_rows if r.fit and not r.recipe.precision.fp8)
+    fp8 = next(r for r in baseline_rows if r.fit and r.recipe.precision.fp8)
+    assert "gemm_fp8" in calibration.fitted
+    refit = fit([bf16], calibration, ["bf16 only"])
+    refit.save(tmp_path / "calibration.json")
+    loaded = Calibration.load(tmp_path / "calibration.json")
+    assert loaded.constants == pytest.approx(refit.constants, abs=1e-6)  # the file keeps 6 decimals
+    assert refit.constants["gemm_fp8"] == calibration.priors["gemm_fp8"]["value"]
+    for terms in (fp8.time_terms(), fp8.memory_terms()):
+        assert loaded.unmeasured(terms) == refit.unmeasured(terms)
+    assert "gemm_fp8" in refit.unmeasured(fp8.time_terms())
+
+
+def _prepared(prefix: Path, lengths) -> str:
+    from megatron_ext.data.indexed import DatasetWriter
+
+    writer = DatasetWriter(str(prefix), 128256, with_loss_mask=False)
+    for n in lengths:
+        writer.add(np.arange(n, dtype=np.int64))
+    writer.finish({"tokenizer": {"name": "test", "vocab_size": 128256, "fingerprint": "t"}})
+    writer.commit()
+    return str(prefix)
+
+
+def _on_data(*domains, **model):
+    """The tiny recipe (2 iterations x 8 samples of 4,096 tokens) on short domains of (paths, max_epochs)."""
+    recipe = load_recipe(TINY, ["train.train_iters=2"])
+    return with_overrides(recipe, {"data.synthetic": None, **{f"model.{k}": v for k, v in model.items()},
+                                   "data.domains": [DomainConfig(name=f"d{i}", share=1 / len(domains), packing="short",
+                                                                 paths=paths, max_epochs=epochs)
+                                                    for i, (paths, epochs) in enumerate(domains)]})
+
+
+def test_data_that_is_here_is_planned_on_or_refused_never_assumed(tmp_path):
+    web = _prepared(tmp_path / "web", [1000] * 20)  # 20,000 tokens: 4.9 samples a pass, 16 wanted
+    assumed, note = workload_dataset(_on_data(([str(tmp_path / "elsewhere")], 4)))
+    assert isinstance(assumed, AssumedLengths) and note.startswith("prepared data not found")
+    dataset, note = workload_dataset(_on_data(([web], 4)))
+    assert note is None and len(dataset) == 16 and dataset[0].doc_lengths.sum() == 4096
+    with pytest.raises(RecipeError, match=r"data.domains\[0\].max_epochs: domain 'd0' must supply 16 samples"):
+        workload_dataset(_on_data(([web], 2)))
+    with pytest.raises(RecipeError, match=r"data.domains\[1\].paths\[0\]: domain 'd1': no dataset at .*elsewhere"):
+        workload_dataset(_on_data(([web], 8), ([str(tmp_path / "elsewhere")], 8)))
+    with pytest.raises(RecipeError, match=r"tokenized with test \(vocabulary 128,256\), which does not fit model.vocab_size"):
+        workload_dataset(_on_data(([web], 4), vocab_size=32000))
 
 
 def test_a_layout_that_cannot_fit_is_refused(calibration):
@@ -149,6 +201,18 @@ def test_cli_check_refuses_before_submission_and_names_bad_keys():
     assert out.returncode == 0, out.stderr
     out = _plan("recipes/bench/llama3_8b_64k.yaml", "parallel.tensor_model_paralel_size=2", "--gpus", "2", "--gpu-memory", "80")
     assert out.returncode == 2 and "parallel.tensor_model_paralel_size: unknown key" in out.stderr
+
+
+def test_cli_refuses_data_it_cannot_train_on(tmp_path):
+    web = _prepared(tmp_path / "web", [1000] * 20)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"base: {REPO / TINY}\ntrain: {{train_iters: 2}}\ndata:\n  synthetic: null\n  domains:\n"
+                      f"    - {{name: web, share: 1.0, packing: short, max_epochs: 2, paths: [{web}]}}\n")
+    out = _plan(str(recipe), "--gpus", "1", "--gpu-memory", "80", "--check")
+    assert out.returncode == 2
+    lines = out.stderr.splitlines()  # one line per problem, and no Megatron warnings around them
+    assert lines[0] == "error: invalid recipe:" and len(lines) == 2
+    assert lines[1].startswith("  - data.domains[0].max_epochs: domain 'web' must supply 16 samples")
 
 
 @pytest.mark.slow
