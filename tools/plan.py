@@ -49,7 +49,7 @@ def _table(planner: Planner, evaluations, recommended=None) -> str:
         speed = "-" if why else f"{ev.tokens_per_sec_per_gpu:,.0f}"
         note = f"refused: {why}" if why else ("**recommended**" if ev is recommended else "")
         if not why and ev.unmeasured:
-            note += "to measure: rests on the priors of " + ", ".join(ev.unmeasured)
+            note += ("; " if note else "") + "to measure: rests on the priors of " + ", ".join(ev.unmeasured)
         lines.append("| " + " | ".join(cells[c] for c in COLUMNS) + f" | {mem} | {speed} | {note} |")
     return "\n".join(lines)
 
