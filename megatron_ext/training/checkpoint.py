@@ -67,8 +67,8 @@ from megatron_ext.training.checkpoint_manifest import (
 from megatron_ext.training.distributed import Layout
 from megatron_ext.training.optim import parameters_gathered
 from megatron_ext.training.recipe_changes import check_model_shapes, check_resume, saved_model_section
-from megatron_ext.training.safe_load import (describe, original_errors, read_checked, restricted_unpickling,
-                                            trusted_te_extra_state)
+from megatron_ext.training.safe_load import (describe, original_errors, read_checked, read_common_state,
+                                            restricted_unpickling, trusted_te_extra_state)
 
 
 @dataclass
@@ -98,18 +98,11 @@ class StartPlan:
 def _checked_common_state(path: Path, remedy: Callable[[int, Path], str]) -> tuple:
     """(common state, tensor names) of a checkpoint whose files are all present; a damaged one is
     refused naming the file and, in a save directory, the newest other complete checkpoint."""
-    from megatron.core.dist_checkpointing import load_common_state_dict
-
     try:
         _, metadata = read_checked(path)
-        with original_errors():
-            common = load_common_state_dict(str(path))
+        common = read_common_state(path)
     except DamagedCheckpointError as e:
         raise refuse_damaged(str(e), path, remedy) from None
-    except CheckpointError:
-        raise
-    except Exception as e:  # e.g. garbage where the common state is stored
-        raise refuse_damaged(f"{path}: could not read its common state ({describe(e)})", path, remedy) from None
     return common, set(metadata.state_dict_metadata)
 
 
