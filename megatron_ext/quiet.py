@@ -1,4 +1,4 @@
-"""Warnings a user cannot act on, kept out of the training command's output.
+"""Warnings a user cannot act on, kept out of the training and conversion commands' output.
 
 Megatron-Core warns that NVIDIA Apex is missing (it is not on the package registry;
 Megatron falls back to Transformer Engine or PyTorch kernels, which is what this project
@@ -18,6 +18,7 @@ UNACTIONABLE_WARNINGS = (
     "MimoModelConfig is experimental",                 # imported by Megatron, never used here
     "The .grad attribute of a Tensor that is not a leaf Tensor",  # cpu_emulation's redirection
     "`torch.distributed.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated",  # Megatron's calls
+    "torch.distributed is disabled",                   # DCP in the conversion tools: one process on purpose
 )
 # logger name -> the start of its messages to drop
 UNACTIONABLE_LOGS = {
