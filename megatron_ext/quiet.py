@@ -1,4 +1,4 @@
-"""Warnings a user cannot act on, kept out of the output of training and the planner.
+"""Warnings a user cannot act on, kept out of the output of training, the planner and the conversion tools.
 
 Megatron-Core warns that NVIDIA Apex is missing (it is not on the package registry;
 Megatron falls back to Transformer Engine or PyTorch kernels, which is what this project
@@ -19,6 +19,7 @@ UNACTIONABLE_WARNINGS = (
     "The .grad attribute of a Tensor that is not a leaf Tensor",  # cpu_emulation's redirection
     "`torch.distributed.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated",  # Megatron's calls
     "Could not determine rank from torch.distributed",  # Megatron's dataset helpers outside a job (the planner)
+    "torch.distributed is disabled",                   # DCP in the conversion tools: one process on purpose
 )
 # logger name -> the start of its messages to drop
 UNACTIONABLE_LOGS = {

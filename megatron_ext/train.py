@@ -28,7 +28,6 @@ if __name__ == "__main__":  # before the imports below (seconds): an early SIGTE
 # Megatron-Core and Transformer Engine load (tests/core/test_cli.py).
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -74,6 +73,15 @@ def train(recipe: Recipe) -> int:
     if not recipe.checkpoint.exit_signal_handler:
         signals.stop_watching()
     layout = initialize(recipe)
+
+    def log(message: str) -> None:  # until the metric logger, which needs the dataset, takes over
+        if layout.is_logger:
+            print(message, flush=True)
+
+    # Refusals of the checkpoint (in use, damaged, foreign, another recipe) come before the data,
+    # model and optimizer are built, which can take minutes.
+    checkpointer = Checkpointer(recipe, layout, log=log)
+    plan = checkpointer.claim()
     on_gpu = recipe.train.device == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     dataset = build_dataset(recipe)
@@ -90,8 +98,8 @@ def train(recipe: Recipe) -> int:
     config.grad_scale_func = optimizer.scale_loss
     config.no_sync_func = ddp_model.no_sync
 
-    checkpointer = Checkpointer(recipe, ddp_model, optimizer, scheduler, layout, log=logger.print)
-    state = checkpointer.load_or_init()
+    checkpointer.log = logger.print
+    state = checkpointer.load(plan, ddp_model, optimizer, scheduler)
 
     t = recipe.train
     num_microbatches = t.global_batch_size // (t.micro_batch_size * layout.dp_size)
@@ -112,13 +120,9 @@ def train(recipe: Recipe) -> int:
     started_at = saved_at = state.iteration
 
     def save() -> None:
-        # Timed and sized: what a stop on scancel / preemption needs within the cluster's KillWait.
         nonlocal saved_at
-        began = time.monotonic()
-        path = checkpointer.save(state)
+        checkpointer.save(state)
         saved_at = state.iteration
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if layout.is_logger else 0
-        logger.print(f"checkpoint save took {time.monotonic() - began:.1f} s, {size / 2**30:.2f} GiB")
 
     while True:
         stopped_by = signals.any_rank_signalled(device) if recipe.checkpoint.exit_signal_handler else None

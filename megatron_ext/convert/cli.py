@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from megatron_ext.config.schema import ModelConfig
 from megatron_ext.convert.errors import ConversionError
+from megatron_ext.quiet import hide_unactionable_warnings
 from megatron_ext.training.checkpoint_files import CheckpointError
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -47,10 +47,7 @@ def _run(check: Callable[[], None], action: Callable[[], str]) -> int:
     """``check`` (cheap, before torch is imported), then ``action``; refusals exit 2."""
     try:
         check()
-        # Megatron-Core warns at import that TE/Apex are absent (no kernels are needed here), and
-        # DCP that it runs in a single process (it does, on purpose).
-        warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        hide_unactionable_warnings()
         print(action())
         return 0
     except (ConversionError, CheckpointError) as e:

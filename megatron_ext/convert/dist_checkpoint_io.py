@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import io
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -40,7 +39,6 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from megatron_ext.convert.errors import ConversionError
-from megatron_ext.training.checkpoint_files import CheckpointError
 from megatron_ext.training.checkpoint_manifest import (
     checksum_files,
     data_files,
@@ -48,7 +46,7 @@ from megatron_ext.training.checkpoint_manifest import (
     verify_checksums,
     write_manifest,
 )
-from megatron_ext.training.safe_load import describe, original_errors, read_checked, restricted_unpickling
+from megatron_ext.training.safe_load import describe, original_errors, read_checked, read_common_state
 
 BACKEND = {"sharded_backend": "torch_dist", "sharded_backend_version": 1}
 
@@ -175,21 +173,13 @@ class _RegionLoadPlanner(LoadPlanner):
         pass
 
 
-@contextmanager
-def _as_conversion_errors() -> Iterator[None]:
-    """The training side's checkpoint refusals, as the conversion tools' error type."""
-    try:
-        yield
-    except CheckpointError as e:
-        raise ConversionError(str(e)) from None
-
-
 class DistCheckpointReader:
     """Global tensors (or single layers of stacked ones) of a torch_dist checkpoint directory.
 
     Opening it checks that every file is there in full (manifest sizes, ``.metadata``'s byte
     ranges) and reads ``.metadata`` with the restricted unpickler; ``verify_checksums`` reads
-    every file once more.
+    every file once more. A damaged or crafted checkpoint is refused with training's
+    ``CheckpointError`` (the same checks and messages), other bad input with ``ConversionError``.
     """
 
     def __init__(self, directory: Path):
@@ -202,16 +192,14 @@ class DistCheckpointReader:
         if backend.get("sharded_backend") != "torch_dist":
             raise ConversionError(f"{marker}: backend {backend.get('sharded_backend')!r} is not supported "
                                   f"(only torch_dist, Megatron's default)")
-        with _as_conversion_errors():
-            self.manifest, self.metadata = read_checked(self.directory)
+        self.manifest, self.metadata = read_checked(self.directory)
         self._storage = _MetadataOnceReader(self.directory, self.metadata)
 
     def verify_checksums(self) -> Optional[int]:
         """Bytes verified against the manifest's CRC-32s; None if it records none."""
         if not has_checksums(self.manifest):
             return None
-        with _as_conversion_errors():
-            return verify_checksums(self.directory, self.manifest, sorted(self.manifest["files"]))
+        return verify_checksums(self.directory, self.manifest, sorted(self.manifest["files"]))
 
     def tensor_shapes(self) -> Dict[str, Tuple[int, ...]]:
         return {key: tuple(md.size) for key, md in self.metadata.state_dict_metadata.items()
@@ -236,12 +224,4 @@ class DistCheckpointReader:
 
     def common_state(self) -> dict:
         """Megatron's common (non-tensor) state: for training checkpoints, the recipe and more."""
-        from megatron.core.dist_checkpointing import load_common_state_dict
-
-        try:
-            with _as_conversion_errors(), restricted_unpickling(), original_errors():
-                return load_common_state_dict(str(self.directory))
-        except ConversionError:
-            raise
-        except Exception as e:  # e.g. garbage where the common state is stored
-            raise ConversionError(f"{self.directory}: could not read its common state ({describe(e)})") from None
+        return read_common_state(self.directory)

@@ -1,4 +1,5 @@
-"""The one exception type of checkpoint conversion, and how its messages list names."""
+"""The exception type of the conversion's own checks (a damaged or crafted Megatron checkpoint is
+refused with training's CheckpointError), and how its messages list names."""
 
 from typing import List
 

@@ -75,11 +75,12 @@ def load_megatron(recipe: Recipe, layout, log=print):
     from megatron_ext.training.checkpoint import Checkpointer
     from megatron_ext.training.optim import build_optimizer, build_scheduler, wrap_ddp
 
+    checkpointer = Checkpointer(recipe, layout, log=log)
+    plan = checkpointer.claim()
     config = transformer_config(recipe)
     ddp_model = wrap_ddp(recipe, config, build_gpt_model(recipe, config))
     optimizer = build_optimizer(recipe, ddp_model)
-    checkpointer = Checkpointer(recipe, ddp_model, optimizer, build_scheduler(recipe, optimizer), layout, log=log)
-    checkpointer.load_or_init()
+    checkpointer.load(plan, ddp_model, optimizer, build_scheduler(recipe, optimizer))
     return ddp_model, checkpointer
 
 

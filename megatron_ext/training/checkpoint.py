@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -67,8 +67,8 @@ from megatron_ext.training.checkpoint_manifest import (
 from megatron_ext.training.distributed import Layout
 from megatron_ext.training.optim import parameters_gathered
 from megatron_ext.training.recipe_changes import check_model_shapes, check_resume, saved_model_section
-from megatron_ext.training.safe_load import (describe, original_errors, read_checked, restricted_unpickling,
-                                            trusted_te_extra_state)
+from megatron_ext.training.safe_load import (describe, original_errors, read_checked, read_common_state,
+                                            restricted_unpickling, trusted_te_extra_state)
 
 
 @dataclass
@@ -87,7 +87,7 @@ def pretrained_remedy(iteration: int, path: Path) -> str:
 
 @dataclass
 class StartPlan:
-    """What ``load_or_init`` will do, found without reading any tensor data."""
+    """What ``Checkpointer.load`` will do, found without reading any tensor data."""
 
     kind: str                        # resume | initialize | fresh
     path: Optional[Path] = None      # None with "initialize": the pretrained checkpoint is not written yet
@@ -98,18 +98,11 @@ class StartPlan:
 def _checked_common_state(path: Path, remedy: Callable[[int, Path], str]) -> tuple:
     """(common state, tensor names) of a checkpoint whose files are all present; a damaged one is
     refused naming the file and, in a save directory, the newest other complete checkpoint."""
-    from megatron.core.dist_checkpointing import load_common_state_dict
-
     try:
         _, metadata = read_checked(path)
-        with original_errors():
-            common = load_common_state_dict(str(path))
+        common = read_common_state(path)
     except DamagedCheckpointError as e:
         raise refuse_damaged(str(e), path, remedy) from None
-    except CheckpointError:
-        raise
-    except Exception as e:  # e.g. garbage where the common state is stored
-        raise refuse_damaged(f"{path}: could not read its common state ({describe(e)})", path, remedy) from None
     return common, set(metadata.state_dict_metadata)
 
 
@@ -183,8 +176,17 @@ def _is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def _directory_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+def _total_bytes(files: dict) -> int:
+    return sum(entry["bytes"] for entry in files.values())
+
+
+def _recorded_bytes(checkpoint: Path) -> Optional[int]:
+    """A checkpoint's size as its manifest records it; None without a readable manifest."""
+    try:
+        manifest = read_manifest(checkpoint)
+    except CheckpointError:
+        return None
+    return _total_bytes(manifest["files"]) if manifest else None
 
 
 def _rng_state() -> dict:
@@ -235,9 +237,12 @@ def _write_results_in_process() -> None:
 
 
 class Checkpointer:
-    def __init__(self, recipe: Recipe, model, optimizer, scheduler, layout: Layout, log=print):
-        self.recipe, self.model, self.optimizer, self.scheduler = recipe, model, optimizer, scheduler
-        self.layout, self.log = layout, log
+    """A run's start-up and saves. ``claim()`` needs no model: it locks checkpoint.save and checks
+    the checkpoint to start from, so that a refusal comes before the data, model and optimizer
+    are built (minutes); ``load(plan, ...)`` then loads into them, and later saves save them."""
+
+    def __init__(self, recipe: Recipe, layout: Layout, log=print):
+        self.recipe, self.layout, self.log = recipe, layout, log
         # This run series' id (manifest.json): a resume takes over the checkpoint's.
         self.run_id = uuid.uuid4().hex[:16]
 
@@ -312,17 +317,18 @@ class Checkpointer:
         return FullyParallelLoadStrategyWrapper(TorchDistLoadShardedStrategy(), group)
 
     # -- save ------------------------------------------------------------------------
-    def save(self, state: TrainState) -> Path:
+    def save(self, state: TrainState) -> None:
         """Save ``state``; a failure removes the partial save, says whether the disk is full and
         leaves the previous checkpoint as the one to resume from."""
         try:
-            return self._save(state)
+            self._save(state)
         except (Exception, CheckpointException) as e:
             raise self._save_failure(state.iteration, e) from None
 
-    def _save(self, state: TrainState) -> Path:
+    def _save(self, state: TrainState) -> None:
         from megatron.core import dist_checkpointing
 
+        began = time.perf_counter()
         root = Path(self.recipe.checkpoint.save)
         final = iteration_dir(root, state.iteration)
         tmp = root / f"{INCOMPLETE_PREFIX}{final.name}"
@@ -340,14 +346,16 @@ class Checkpointer:
             dist_checkpointing.save(sharded, str(tmp), sharded_strategy=self._strategies(save=True),
                                     content_metadata=self._metadata() | {"dp_cp_group": None})
         dist.barrier()
-        checksums = self._write_manifest(tmp, state.iteration)
+        size, checksums = self._write_manifest(tmp, state.iteration)
         self._on_rank0(lambda: self._publish(root, tmp, final, state.iteration))
         dist.barrier()
-        self.log(f"saved checkpoint {final} ({checksums})")
-        return final
+        # Timed and sized: a stop on scancel / preemption must save within KillWait (docs/slurm.md).
+        self.log(f"saved checkpoint {final}: {size / 2**30:.2f} GiB in {time.perf_counter() - began:.1f} s "
+                 f"({checksums})")
 
-    def _write_manifest(self, tmp: Path, iteration: int) -> str:
-        """Every rank checksums its share of the files; rank 0 writes the manifest."""
+    def _write_manifest(self, tmp: Path, iteration: int) -> Tuple[int, str]:
+        """Every rank checksums its share of the files; rank 0 writes the manifest. Returns the
+        checkpoint's bytes and what was checksummed."""
         with_crc = self.recipe.checkpoint.verify_checksums
         start = time.perf_counter()
         names = data_files(tmp)
@@ -356,9 +364,10 @@ class Checkpointer:
         seconds = time.perf_counter() - start
         if self.layout.rank == 0:
             write_manifest(tmp, files, self.run_id, iteration, written_by="training")
+        size = _total_bytes(files)
         if not with_crc:
-            return "no checksums: checkpoint.verify_checksums=false"
-        return f"checksums of {throughput(sum(entry['bytes'] for entry in files.values()), seconds)}"
+            return size, "no checksums: checkpoint.verify_checksums=false"
+        return size, f"checksums of {throughput(size, seconds)}"
 
     def _publish(self, root: Path, tmp: Path, final: Path, iteration: int) -> None:
         if final.exists():  # re-saving an iteration of this run (after a resume from an earlier one)
@@ -389,7 +398,7 @@ class Checkpointer:
             return error
         free = shutil.disk_usage(root).free
         previous = list(complete_checkpoints(root).values())
-        needed = _directory_bytes(previous[-1]) if previous else None
+        needed = _recorded_bytes(previous[-1]) if previous else None
         message = (f"saving iteration {iteration} to {root} failed ({describe(error)}); {free / 1e9:.2f} GB free "
                    f"on that disk" + (f", a checkpoint takes {needed / 1e9:.2f} GB" if needed else ""))
         if _is_disk_full(error) or (needed and free < needed):
@@ -477,7 +486,9 @@ class Checkpointer:
                                   f"this run would mix its checkpoints and tracker with them: choose another "
                                   f"checkpoint.save")
 
-    def load_or_init(self) -> TrainState:
+    def claim(self) -> StartPlan:
+        """Lock checkpoint.save and check the checkpoint to start from, reading no tensor: every
+        refusal that needs no model (in use, damaged, foreign, another recipe) comes from here."""
         c = self.recipe.checkpoint
         if c.save:
             self._take_save_directory()
@@ -488,12 +499,19 @@ class Checkpointer:
             self.run_id = run_id_of(plan.path) or self.run_id
         if c.save:
             self._check_no_other_run_saves_here()
+        if plan.kind == "initialize" and plan.path is None:
+            raise CheckpointError(f"checkpoint.pretrained_checkpoint: no checkpoint at {c.pretrained_checkpoint}")
+        return plan
+
+    def load(self, plan: StartPlan, model, optimizer, scheduler) -> TrainState:
+        """Start ``model``, ``optimizer`` and ``scheduler`` as ``plan`` (from ``claim``) says;
+        later saves save them."""
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        c = self.recipe.checkpoint
         with restricted_unpickling():
             if plan.kind == "resume":
                 state = self._resume(plan)
             elif plan.kind == "initialize":
-                if plan.path is None:
-                    raise CheckpointError(f"checkpoint.pretrained_checkpoint: no checkpoint at {c.pretrained_checkpoint}")
                 self._verify_checksums(plan.path, pretrained_remedy)
                 self._load(plan.path, with_optimizer=c.pretrained_load_optim, with_rng=False)
                 state = TrainState()

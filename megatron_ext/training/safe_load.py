@@ -176,6 +176,22 @@ def read_checked(directory: Path) -> Tuple[Optional[dict], dcp_metadata.Metadata
     return manifest, read_checked_metadata(directory)
 
 
+def read_common_state(directory: Path) -> dict:
+    """Megatron's common (non-tensor) state of a checkpoint, through the restricted unpicklers:
+    the recipe, train state, schedule and layout of a training checkpoint. Call it after
+    ``read_checked``, which names a missing or truncated file; anything else unreadable is
+    named here."""
+    from megatron.core.dist_checkpointing import load_common_state_dict
+
+    try:
+        with restricted_unpickling(), original_errors():
+            return load_common_state_dict(str(directory))
+    except CheckpointError:
+        raise
+    except Exception as e:  # e.g. garbage where the common state is stored
+        raise DamagedCheckpointError(f"{directory}: could not read its common state ({describe(e)})") from None
+
+
 def read_checked_metadata(directory: Path) -> dcp_metadata.Metadata:
     """The checkpoint's ``.metadata`` (restricted unpickling), after checking that every file and
     byte range it points to exists: a missing or truncated shard is named with a tensor in it."""
