@@ -1,4 +1,4 @@
-"""Model FLOPs with document masking, and MFU."""
+"""Model FLOPs with document masking, MFU, and the metric logger."""
 
 import pytest
 
@@ -30,3 +30,22 @@ def test_peak_lookup_and_override():
     assert peak_tflops(r, "NVIDIA H100 80GB HBM3") == 989.0
     assert peak_tflops(r, "cpu") is None
     assert peak_tflops(load_recipe(LLAMA3_8B, ["logging.peak_tflops=500"]), "cpu") == 500
+
+
+def test_a_failing_tensorboard_is_switched_off_and_the_run_goes_on(tmp_path, capsys):
+    from megatron_ext.training.metrics import MetricLogger
+
+    recipe = load_recipe("recipes/tiny/prolong_stage1.yaml",
+                         [f"logging.tensorboard_dir={tmp_path}/tb", "logging.progress_bar=false"])
+    logger = MetricLogger(recipe, world_size=1, is_logger=True, device_name="cpu", domain_names=["a"])
+
+    class FullDisk:
+        def add_scalar(self, *args):
+            raise OSError(28, "No space left on device")
+
+    logger.writer = FullDisk()
+    logger.step(1, tokens=10, flops=1e9, loss=2.0, domain_loss={}, lr=1e-3, grad_norm=1.0, max_memory_gib=0)
+    logger.step(2, tokens=10, flops=1e9, loss=1.9, domain_loss={}, lr=1e-3, grad_norm=1.0, max_memory_gib=0)
+    out = capsys.readouterr().out
+    assert "WARNING: TensorBoard switched off" in out and "No space left on device" in out
+    assert logger.writer is None and "iter 2/" in out
