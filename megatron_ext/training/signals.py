@@ -9,6 +9,10 @@ signal that arrives while the run starts, loads a checkpoint or saves one is rem
 than fatal. A launcher that blocks the signals before starting the rank (megatron_ext.launch)
 closes the last gap, the interpreter's own start: they stay pending until ``watch()``.
 No torch import at module level, for the same reason.
+
+srun drops a signal that reaches it before the job step's tasks exist, so slurm/train.sbatch
+also writes the signal's name to a stop file (``MEGATRON_EXT_STOP_FILE``), read before every
+iteration: a signal at the very start of a job stops the run rather than being lost.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from pathlib import Path
 from typing import Optional
 
 WATCHED = (signal.SIGTERM, signal.SIGUSR1)
 # Set by megatron_ext.launch in each rank's environment: the launcher's PID.
 LAUNCHER_PID = "MEGATRON_EXT_LAUNCHER_PID"
+# Set by slurm/train.sbatch: the file its trap writes a stop signal's name to (USR1, TERM).
+STOP_FILE = "MEGATRON_EXT_STOP_FILE"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 _received: Optional[int] = None
@@ -54,11 +61,27 @@ def stop_watching() -> None:
         signal.raise_signal(_received)
 
 
+def _signal_in_stop_file() -> Optional[int]:
+    if STOP_FILE not in os.environ:
+        return None
+    path = Path(os.environ[STOP_FILE])
+    try:
+        name = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if "SIG" + name not in signal.Signals.__members__:
+        raise ValueError(f"{STOP_FILE}={path}: '{name}' is not a signal name (expected e.g. USR1 or TERM)")
+    return signal.Signals["SIG" + name]
+
+
 def any_rank_signalled(device) -> Optional[str]:
-    """Name of the signal if any rank got one (collective: call on every rank)."""
+    """Name of the signal if any rank got one or found it in the stop file (collective: call
+    on every rank)."""
     import torch
     import torch.distributed as dist
 
+    global _received
+    _received = _received or _signal_in_stop_file()
     flag = torch.tensor([_received or 0], dtype=torch.int32, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_ext.training import signals
 from train_runner import REPO, TINY_CPU, finish, losses, processes_of, read_metrics, start_train, train
 
 # DataLoader workers: the signals reach them too (a process-group signal), as under Slurm.
@@ -153,3 +154,30 @@ def test_ranks_die_with_their_launcher(tmp_path, python_env, launcher):
     finally:
         for line in processes_of(proc.pid, marker):
             os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+
+def test_a_stop_file_written_while_it_runs_saves_and_stops(tmp_path, python_env):
+    # What slurm/train.sbatch writes when the signal reached srun before its tasks existed
+    # (srun drops it): the ranks read the file before every iteration.
+    ck, metrics, stop = tmp_path / "ck", tmp_path / "run.jsonl", tmp_path / "stop"
+    proc = start_train([*TINY_CPU, "train.train_iters=1000", f"checkpoint.save={ck}"], metrics,
+                       {**python_env, signals.STOP_FILE: str(stop)})
+    wait_until(lambda: len(read_metrics(metrics)) >= 2, proc, "iteration 2")
+    stop.write_text("USR1\n")
+    out = finish(proc, 300)
+    assert proc.returncode == 3, out
+    saved = tracker(ck)
+    assert saved >= 2 and f"received SIGUSR1: checkpoint saved at iteration {saved}; exiting (code 3)" in out
+
+
+def test_stop_file_contents(tmp_path, monkeypatch):
+    stop = tmp_path / "stop"
+    monkeypatch.setenv(signals.STOP_FILE, str(stop))
+    assert signals._signal_in_stop_file() is None
+    stop.write_text("TERM\n")
+    assert signals._signal_in_stop_file() == signal.SIGTERM
+    stop.write_text("bogus\n")
+    with pytest.raises(ValueError, match=f"MEGATRON_EXT_STOP_FILE={stop}: 'bogus' is not a signal name"):
+        signals._signal_in_stop_file()
+    monkeypatch.delenv(signals.STOP_FILE)
+    assert signals._signal_in_stop_file() is None

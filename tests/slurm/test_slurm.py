@@ -269,6 +269,9 @@ def test_a_signal_as_the_job_starts_requeues_it(cluster, work, jobs):
     log = finished_training(cluster, job, "COMPLETED", "0:0", restarts=1)
     first_run = log.split("run 2, requeues so far 1")[0]
     assert "received SIGUSR1" in first_run and "requeueing (requeue 1 of at most 3)" in first_run, log
+    # For the ranks, should srun have had no tasks yet to pass it to (it drops it then).
+    assert (info_dir(cluster, job, 0) / "stop").read_text() == "USR1\n"
+    assert not (info_dir(cluster, job, 1) / "stop").exists()
     assert "iter 2/2" in log and "finished (exit 0)" in log
 
 
