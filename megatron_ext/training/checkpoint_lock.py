@@ -124,9 +124,16 @@ class WriterLock:
     def write_holder(self) -> None:
         """Write who holds the lock, if a full disk prevented it when it was taken (the lock file
         itself needs no data block, so a relaunch can hold it while it frees space)."""
-        if self.unwritten:
+        if not self.unwritten:
+            return
+        try:
             self.path.write_text(json.dumps(asdict(self.me)) + "\n")
-            self.unwritten = False
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise CheckpointError(f"checkpoint.save {self.path.parent}: the disk is full, with no unfinished save "
+                                  f"of this run left to remove; free space and relaunch") from None
+        self.unwritten = False
 
     def _create(self) -> bool:
         try:

@@ -72,6 +72,7 @@ class MetricLogger:
     device_name: str
     domain_names: list
     writer: object = None
+    metrics_jsonl: Optional[Path] = None
     _window_start: float = field(default_factory=time.perf_counter)
     _window: Dict[str, float] = field(default_factory=lambda: {"tokens": 0.0, "flops": 0.0, "iters": 0})
     _bar: object = None
@@ -79,6 +80,8 @@ class MetricLogger:
     def __post_init__(self):
         if not self.is_logger:
             return
+        if self.recipe.logging.metrics_jsonl:
+            self.metrics_jsonl = Path(self.recipe.logging.metrics_jsonl)
         if self.recipe.logging.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -141,11 +144,14 @@ class MetricLogger:
             f"grad_norm {metrics['grad_norm']:.3f} | tokens/s/GPU {metrics['tokens_per_sec_per_gpu']:.0f} | "
             f"TFLOP/s/GPU {metrics['tflops_per_gpu']:.1f}{mfu} | {metrics['iteration_time_s'] * 1000:.0f} ms/it | "
             f"mem {metrics['max_memory_gib']:.1f} GiB{domains}")
-        if self.recipe.logging.metrics_jsonl:
-            path = Path(self.recipe.logging.metrics_jsonl)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as f:
-                f.write(json.dumps({"iteration": iteration, **metrics, **domain_loss}) + "\n")
+        if self.metrics_jsonl is not None:
+            try:
+                self.metrics_jsonl.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.metrics_jsonl, "a") as f:
+                    f.write(json.dumps({"iteration": iteration, **metrics, **domain_loss}) + "\n")
+            except OSError as e:
+                self.print(f"WARNING: logging.metrics_jsonl switched off: writing to {self.metrics_jsonl} failed ({e})")
+                self.metrics_jsonl = None
         if self.writer is not None:
             try:
                 for name, value in metrics.items():
@@ -159,6 +165,7 @@ class MetricLogger:
     def _tensorboard_failed(self, error: OSError) -> None:
         # A full disk (TensorBoard often writes under checkpoint.save) must not end the run, nor
         # stop a relaunch before the checkpoint code can clean up: metrics still go to stdout.
+        # The same holds for logging.metrics_jsonl (in _emit).
         self.writer = None
         self.print(f"WARNING: TensorBoard switched off: writing to {self.recipe.logging.tensorboard_dir} failed "
                    f"({error})")

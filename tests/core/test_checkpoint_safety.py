@@ -248,3 +248,16 @@ def test_a_full_disk_is_named_cleaned_up_and_the_relaunch_starts(tmp_path, train
     assert "removed what saves that did not finish" in out and "TensorBoard switched off" not in out
     assert f"resumed from {save / 'iter_0000002'}" in out and [it for it, _ in losses(metrics)] == [3, 4]
     assert rc == 2 and "the disk is full" in out and not list(save.glob(".incomplete_*"))
+
+
+def test_a_disk_still_full_at_relaunch_is_refused_in_one_line(tmp_path, trained, small_disk, python_env):
+    # Full of something else than an unfinished save: nothing the run may remove frees space.
+    save = small_disk / "run"
+    shutil.copytree(trained / "iter_0000002", save / "iter_0000002")
+    (save / TRACKER).write_text("2\n")
+    _fill(small_disk / "someone_elses_file")
+    before = snapshot(save)
+    line = refused_at_start(*launch(tmp_path, save, "train.train_iters=4", env=python_env)[:2])
+    assert line == (f"error: checkpoint.save {save}: the disk is full, with no unfinished save of this run left "
+                    f"to remove; free space and relaunch")
+    assert snapshot(save) == before
