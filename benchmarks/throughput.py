@@ -99,6 +99,7 @@ def run(recipe: str, overrides: list, nproc: int, warmup: int, log_dir: Path, la
         "tokens_per_sec_per_gpu": median("tokens_per_sec_per_gpu"), "tflops_per_gpu": median("tflops_per_gpu"),
         "mfu": median("mfu") if "mfu" in steady[0] else None, "iteration_time_s": median("iteration_time_s"),
         "peak_memory_gib": max(m["max_memory_gib"] for m in rows),
+        "peak_reserved_gib": max(m["max_reserved_gib"] for m in rows),
     })
     return {**row, **_prediction(row)}
 

@@ -149,8 +149,10 @@ def train(recipe: Recipe) -> int:
         domain_loss = {f"loss/{name}": (sums[i] / counts[i]).item()
                        for i, name in enumerate(dataset.domain_names) if counts[i] > 0}
         memory = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
+        reserved = torch.cuda.max_memory_reserved() / 2**30 if on_gpu else 0.0
         logger.step(state.iteration, work[0].item(), work[1].item(), loss, domain_loss,
-                    scheduler.get_lr(optimizer.param_groups[0]), None if grad_norm is None else float(grad_norm), memory)
+                    scheduler.get_lr(optimizer.param_groups[0]), None if grad_norm is None else float(grad_norm), memory,
+                    reserved)
         if save_every and state.iteration % save_every == 0:
             save()
 

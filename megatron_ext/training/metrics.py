@@ -107,7 +107,8 @@ class MetricLogger:
             print(message, flush=True)
 
     def step(self, iteration: int, tokens: float, flops: float, loss: float, domain_loss: Dict[str, float],
-             lr: float, grad_norm: Optional[float], max_memory_gib: float) -> Optional[dict]:
+             lr: float, grad_norm: Optional[float], max_memory_gib: float,
+             max_reserved_gib: float) -> Optional[dict]:
         """Account one iteration (global tokens and FLOPs); log every log_interval."""
         w = self._window
         w["tokens"] += tokens
@@ -127,6 +128,9 @@ class MetricLogger:
             "tflops_per_gpu": tflops_per_gpu,
             "iteration_time_s": elapsed / w["iters"],
             "max_memory_gib": max_memory_gib,
+            # What the caching allocator holds: above max_memory_gib by its fragmentation, and
+            # what decides an out-of-memory error.
+            "max_reserved_gib": max_reserved_gib,
         }
         if self.is_logger and self.peak:
             metrics["mfu"] = tflops_per_gpu / self.peak
@@ -143,7 +147,7 @@ class MetricLogger:
             f"iter {iteration}/{self.recipe.train.train_iters} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.3e} | "
             f"grad_norm {metrics['grad_norm']:.3f} | tokens/s/GPU {metrics['tokens_per_sec_per_gpu']:.0f} | "
             f"TFLOP/s/GPU {metrics['tflops_per_gpu']:.1f}{mfu} | {metrics['iteration_time_s'] * 1000:.0f} ms/it | "
-            f"mem {metrics['max_memory_gib']:.1f} GiB{domains}")
+            f"mem {metrics['max_memory_gib']:.1f} GiB (reserved {metrics['max_reserved_gib']:.1f}){domains}")
         if self.metrics_jsonl is not None:
             try:
                 self.metrics_jsonl.parent.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,8 @@ def test_a_failing_tensorboard_is_switched_off_and_the_run_goes_on(tmp_path, cap
             raise OSError(28, "No space left on device")
 
     logger.writer = FullDisk()
-    logger.step(1, tokens=10, flops=1e9, loss=2.0, domain_loss={}, lr=1e-3, grad_norm=1.0, max_memory_gib=0)
-    logger.step(2, tokens=10, flops=1e9, loss=1.9, domain_loss={}, lr=1e-3, grad_norm=1.0, max_memory_gib=0)
+    logger.step(1, tokens=10, flops=1e9, loss=2.0, domain_loss={}, lr=1e-3, grad_norm=1.0, max_memory_gib=0, max_reserved_gib=0)
+    logger.step(2, tokens=10, flops=1e9, loss=1.9, domain_loss={}, lr=1e-3, grad_norm=1.0, max_memory_gib=0, max_reserved_gib=0)
     out = capsys.readouterr().out
     assert "WARNING: TensorBoard switched off" in out and "No space left on device" in out
     assert logger.writer is None and "iter 2/" in out
@@ -57,7 +57,7 @@ def test_a_failing_metrics_file_is_switched_off_and_the_run_goes_on(capsys):
     recipe = load_recipe("recipes/tiny/prolong_stage1.yaml", ["logging.metrics_jsonl=/dev/full", "logging.progress_bar=false"])
     logger = MetricLogger(recipe, world_size=1, is_logger=True, device_name="cpu", domain_names=["a"])
     for iteration in (1, 2):
-        logger.step(iteration, tokens=10, flops=1e9, loss=2.0, domain_loss={}, lr=1e-3, grad_norm=1.0, max_memory_gib=0)
+        logger.step(iteration, tokens=10, flops=1e9, loss=2.0, domain_loss={}, lr=1e-3, grad_norm=1.0, max_memory_gib=0, max_reserved_gib=0)
     out = capsys.readouterr().out
     assert out.count("WARNING: logging.metrics_jsonl switched off: writing to /dev/full failed") == 1, out
     assert "No space left on device" in out and "iter 2/" in out
