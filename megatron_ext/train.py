@@ -84,7 +84,7 @@ def train(recipe: Recipe) -> int:
     plan = checkpointer.claim()
     on_gpu = recipe.train.device == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-    dataset = build_dataset(recipe)
+    dataset = build_dataset(recipe, layout.rank, layout.local_rank)
     logger = MetricLogger(recipe, layout.world_size, layout.is_logger,
                           torch.cuda.get_device_name() if on_gpu else "cpu", list(dataset.domain_names))
     logger.print(f"recipe {recipe.name}: {layout.world_size} ranks = TP {layout.tp_size} x CP {layout.cp_size} "

@@ -256,7 +256,7 @@ class DataConfig:
     num_workers: int = number(2, ge=0, le=256)
     # Hash every dataset file at start-up against the sha256 recorded when it was prepared:
     # catches same-size corruption, which the always-on size checks cannot. Costs a full read of
-    # the data on every rank (docs/data.md has the speed); run it once with train.preflight=true.
+    # the data on one rank per node (docs/data.md has the speed); run it once with train.preflight=true.
     verify_checksums: bool = False
     # Deal each global batch's samples to the data-parallel ranks so that their attention +
     # GEMM work is balanced (documents differ up to ~30x in cost). The batch holds the same

@@ -218,7 +218,7 @@ class MixtureDataset:
         return "\n".join(lines)
 
 
-def build_mixture(recipe: Recipe) -> MixtureDataset:
+def build_mixture(recipe: Recipe, verify_checksums: bool) -> MixtureDataset:
     t = recipe.train
     return MixtureDataset(recipe.data.domains, t.seq_length, t.train_iters * t.global_batch_size, t.seed,
-                          recipe.model.vocab_size, recipe.data.verify_checksums)
+                          recipe.model.vocab_size, verify_checksums)

@@ -21,6 +21,7 @@ from megatron_ext.launch_env import LaunchError, rank_env
 class Layout:
     rank: int
     world_size: int
+    local_rank: int
     tp_rank: int
     tp_size: int
     cp_rank: int
@@ -81,7 +82,7 @@ def initialize(recipe: Recipe) -> Layout:
     # Megatron's tracker: same seed across DP for shared weights, distinct per TP rank.
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return Layout(
-        rank=rank, world_size=world_size,
+        rank=rank, world_size=world_size, local_rank=local_rank,
         tp_rank=parallel_state.get_tensor_model_parallel_rank(), tp_size=p.tensor_model_parallel_size,
         cp_rank=parallel_state.get_context_parallel_rank(), cp_size=p.context_parallel_size,
         dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),

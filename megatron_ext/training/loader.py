@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from dataclasses import replace
 from typing import Iterator
@@ -21,14 +20,16 @@ from megatron_ext.training.batch import MicroBatch, pack_micro_batch
 from megatron_ext.training.metrics import FlopsModel
 
 
-def build_dataset(recipe: Recipe) -> SampleDataset:
-    """The recipe's dataset; a domain mixture prints its plan (shares, epochs) on rank 0."""
+def build_dataset(recipe: Recipe, rank: int = 0, local_rank: int = 0) -> SampleDataset:
+    """The recipe's dataset; a domain mixture prints its plan (shares, epochs) on rank 0.
+    data.verify_checksums hashes the files on one rank per node (local rank 0): the ranks of a
+    node read the same files, and a mismatch there fails the whole run."""
     d = recipe.data
     if d.synthetic is not None:
         vocab = d.synthetic.vocab_size or recipe.model.vocab_size
         return SyntheticDataset(d.synthetic, recipe.train.seq_length, vocab, recipe.train.seed)
-    mixture = build_mixture(recipe)
-    if int(os.environ.get("RANK", "0")) == 0:
+    mixture = build_mixture(recipe, verify_checksums=d.verify_checksums and local_rank == 0)
+    if rank == 0:
         print(mixture.summary(), flush=True)
     return mixture
 

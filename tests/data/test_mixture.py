@@ -187,3 +187,17 @@ def test_loader_builds_the_mixture_from_the_recipe_and_batches_it(make_dataset, 
     assert "books" in capsys.readouterr().out  # the plan is printed
     batch = next(micro_batches(recipe, ds, consumed_samples=0, dp_rank=0, dp_size=1))
     assert batch.tokens.numel() >= recipe.train.seq_length
+
+
+def test_checksums_are_verified_once_per_node_and_the_plan_printed_once(make_dataset, capsys):
+    long, web = make_dataset("long", [9000] * 8), make_dataset("web", [700] * 200, stride=700)
+    recipe = load_recipe(RECIPES / "tiny/prolong_stage1.yaml", ["train.train_iters=10", "data.num_workers=0"])
+    recipe.data = DataConfig(domains=[DomainConfig("books", [long], 0.6, "long", max_epochs=5),
+                                      DomainConfig("web", [web], 0.4, "short", max_epochs=5)],
+                             num_workers=0, verify_checksums=True)
+    with open(web + ".bin", "r+b") as f:  # same size, other bytes: only a checksum can tell
+        f.write(b"\xff" * 8)
+    build_dataset(recipe, rank=9, local_rank=1)  # another rank of the node hashes the files
+    assert capsys.readouterr().out == ""  # and rank 0 prints the plan
+    with pytest.raises(RecipeError, match=f"{web}.bin: sha256 differs"):
+        build_dataset(recipe, rank=8, local_rank=0)

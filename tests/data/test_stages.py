@@ -23,7 +23,7 @@ def _stage(path: str, iters: int, mini_corpus, monkeypatch):
     recipe = load_recipe(RECIPES / path, [f"train.train_iters={iters}"])
     for domain in recipe.data.domains:
         domain.max_epochs = 1e6
-    return recipe, build_mixture(recipe)
+    return recipe, build_mixture(recipe, recipe.data.verify_checksums)
 
 
 def _check_shares(recipe, ds):
