@@ -71,7 +71,8 @@ def _signal_in_stop_file() -> Optional[int]:
         return None
     # Whatever else it holds (a file made by hand with `touch`): a stop, as by USR1. A run is
     # never failed by its stop request.
-    return signal.Signals.__members__.get("SIG" + name, signal.SIGUSR1)
+    named = signal.Signals.__members__.get("SIG" + name)
+    return named if named in WATCHED else signal.SIGUSR1
 
 
 def any_rank_signalled(device) -> Optional[str]:

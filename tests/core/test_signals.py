@@ -176,7 +176,7 @@ def test_stop_file_contents(tmp_path, monkeypatch):
     assert signals._signal_in_stop_file() is None
     stop.write_text("TERM\n")
     assert signals._signal_in_stop_file() == signal.SIGTERM
-    for made_by_hand in (b"", b"bogus\n", b"\xff\xfe"):
+    for made_by_hand in (b"", b"bogus\n", b"\xff\xfe", b"KILL\n"):
         stop.write_bytes(made_by_hand)
         assert signals._signal_in_stop_file() == signal.SIGUSR1
     monkeypatch.delenv(signals.STOP_FILE)
