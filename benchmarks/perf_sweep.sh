@@ -4,6 +4,8 @@
 # planner's prediction next to the measurement), plus per-iteration profiles.
 #
 #   benchmarks/perf_sweep.sh OUT                 # the core cases (about 50 minutes on 2xH200)
+#   benchmarks/perf_sweep.sh OUT stage1          # the core cases in two halves that each fit one
+#   benchmarks/perf_sweep.sh OUT stage2          #   30-minute device session (each with its baseline)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
 #   benchmarks/perf_sweep.sh --list
@@ -34,8 +36,9 @@ TP1_CP2=(parallel.tensor_model_parallel_size=1 parallel.context_parallel_size=2)
 DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_parallel_size=1
      "${NO_RECOMPUTE[@]}" train.global_batch_size=16 train.train_iters=8)
 
-CORE=(s1_baseline s1_selective_mlp s1_block_16 s1_fp8_selective_mlp s2_baseline s2_p2p s2_selective_offload
-      s3_256k_optimizer_offload dp2_balanced dp2_in_order profile_s1 profile_s2)
+STAGE1=(s1_baseline s1_max_connections s1_selective_mlp s1_block_16 s1_fp8_baseline s1_fp8_selective_mlp profile_s1)
+STAGE2=(s2_baseline s2_p2p s2_selective_offload s3_256k_optimizer_offload dp2_balanced dp2_in_order profile_s2)
+CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
      s1_cp2_p2p_selective s1_tp_comm_overlap s1_fp8_baseline s1_fp8_selective_mlp s1_offload_selective
      s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_p2p s2_all_gather s2_a2a_p2p
@@ -111,16 +114,20 @@ run_case() {
 }
 
 if [ "${1:-}" = "--list" ]; then
-    echo "core: ${CORE[*]}"; echo "all:  ${ALL[*]}"; exit 0
+    echo "stage1: ${STAGE1[*]}"; echo "stage2: ${STAGE2[*]}"; echo "all:  ${ALL[*]}"; exit 0
 fi
 if [ $# -lt 1 ]; then
-    echo "usage: $0 OUT [core|all|CASE ...]   ($0 --list)" >&2; exit 2
+    echo "usage: $0 OUT [core|stage1|stage2|all|CASE ...]   ($0 --list)" >&2; exit 2
 fi
 OUT=$1; shift
 mkdir -p "$OUT/logs"
 cases=("$@")
 if [ ${#cases[@]} -eq 0 ] || [ "${cases[0]}" = core ]; then
     cases=("${CORE[@]}")
+elif [ "${cases[0]}" = stage1 ]; then
+    cases=("${STAGE1[@]}")
+elif [ "${cases[0]}" = stage2 ]; then
+    cases=("${STAGE2[@]}")
 elif [ "${cases[0]}" = all ]; then
     cases=("${ALL[@]}")
 fi

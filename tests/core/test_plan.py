@@ -223,5 +223,9 @@ def test_every_sweep_case_is_a_valid_recipe(tmp_path, python_env):
                          text=True, env={**python_env, "DRY_RUN": "1"}, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     listed = subprocess.run(["bash", "benchmarks/perf_sweep.sh", "--list"], cwd=REPO, capture_output=True, text=True)
-    cases = listed.stdout.split("all:")[1].split()
+    groups = {name: line.split() for name, line in (row.split(":") for row in listed.stdout.splitlines())}
+    cases = groups["all"]
     assert len(cases) > 20 and all(f"{case} " in out.stdout for case in cases)
+    # Each session-sized half measures its own baseline in the same call as its candidates.
+    assert set(groups["stage1"]) | set(groups["stage2"]) <= set(cases)
+    assert groups["stage1"][0] == "s1_baseline" and groups["stage2"][0] == "s2_baseline"
