@@ -36,7 +36,8 @@ TP1_CP2=(parallel.tensor_model_parallel_size=1 parallel.context_parallel_size=2)
 DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_parallel_size=1
      "${NO_RECOMPUTE[@]}" train.global_batch_size=16 train.train_iters=8)
 
-STAGE1=(s1_baseline s1_max_connections s1_selective_mlp s1_block_16 s1_fp8_baseline s1_fp8_selective_mlp profile_s1)
+STAGE1=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_tp_comm_overlap s1_fp8_baseline s1_fp8_selective_mlp
+        profile_s1)
 STAGE2=(s2_baseline s2_p2p s2_selective_offload s3_256k_optimizer_offload dp2_balanced dp2_in_order profile_s2)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
