@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from test_training_cpu import TINY_CPU
-from train_runner import losses, train
+from train_runner import REPO, losses, train
 
 from megatron_ext.processes import start_time, this_host
 from megatron_ext.training.checkpoint_files import TRACKER
@@ -261,3 +261,26 @@ def test_a_disk_still_full_at_relaunch_is_refused_in_one_line(tmp_path, trained,
     assert line == (f"error: checkpoint.save {save}: the disk is full, with no unfinished save of this run left "
                     f"to remove; free space and relaunch")
     assert snapshot(save) == before
+
+
+def test_a_megatron_lm_checkpoint_initializes_a_run_as_our_own_does(tmp_path, trained, python_env):
+    # Its common state holds Megatron-LM's argparse namespace (and Megatron-Core enums): the
+    # restricted unpickler admits what Megatron-Core registers as safe, refuses the rest.
+    upstream = tmp_path / "megatron_lm"
+    saved = subprocess.run([sys.executable, "tests/core/save_like_megatron_lm.py", str(trained / "iter_0000004"),
+                            str(upstream), *TINY_CPU], cwd=REPO, env=python_env, capture_output=True, text=True)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    runs, logs = {}, {}
+    for name, source in (("ours", trained), ("megatron_lm", upstream), ("fresh", None)):
+        pretrained = [f"checkpoint.pretrained_checkpoint={source}"] if source else []
+        rc, logs[name], metrics = launch(tmp_path, tmp_path / f"run_{name}", "train.train_iters=2", *pretrained, env=python_env)
+        assert rc == 0, logs[name][-3000:]
+        runs[name] = losses(metrics)
+    assert f"initialized from {upstream / 'iter_0001000'} (weights only)" in logs["megatron_lm"]
+    assert runs["megatron_lm"] == runs["ours"] != runs["fresh"]
+    # Resuming from it instead (no train state, optimizer or recipe of ours) is refused, saying what works.
+    line = refused_at_start(*launch(tmp_path, tmp_path / "resumed", f"checkpoint.load={upstream}",
+                                    "train.train_iters=2", env=python_env)[:2])
+    assert line == (f"error: checkpoint.load: {upstream / 'iter_0001000'} is not a training checkpoint of this project "
+                    f"(imported, or saved by Megatron-LM): to start from its weights, set "
+                    f"checkpoint.pretrained_checkpoint={upstream} and another checkpoint.save")
