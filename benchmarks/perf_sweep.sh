@@ -3,9 +3,9 @@
 # setting, each as one benchmarks/throughput.py run appended to OUT/runs.jsonl (with the
 # planner's prediction next to the measurement), plus per-iteration profiles.
 #
-#   benchmarks/perf_sweep.sh OUT                 # the core cases (about 50 minutes on 2xH200)
-#   benchmarks/perf_sweep.sh OUT stage1          # the core cases in two halves that each fit one
-#   benchmarks/perf_sweep.sh OUT stage2          #   30-minute device session (each with its baseline)
+#   benchmarks/perf_sweep.sh OUT                 # the core cases (estimated ~40 minutes on 2xH200)
+#   benchmarks/perf_sweep.sh OUT stage1          # the core cases in two halves meant to fit one
+#   benchmarks/perf_sweep.sh OUT stage2          #   30-minute device session each (estimated ~20 min; each with its baseline)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
 #   benchmarks/perf_sweep.sh --list

@@ -48,7 +48,9 @@ def preflight(recipe: Recipe) -> int:
     rank, world_size, local_rank = rank_env()
     validate(recipe, world_size=world_size)
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(minutes=5))
+        # As long as training's: with data.verify_checksums the other ranks wait here while each
+        # node's local rank 0 hashes the data.
+        dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(minutes=30))
     except (ValueError, RuntimeError) as e:
         import os
 
@@ -62,7 +64,7 @@ def preflight(recipe: Recipe) -> int:
     p = recipe.parallel
     dp = data_parallel_size(recipe, world_size)
     dp_rank = rank // (p.tensor_model_parallel_size * p.context_parallel_size)  # Megatron's default order: TP, CP, DP
-    dataset = build_dataset(recipe)
+    dataset = build_dataset(recipe, rank, local_rank)
     first = next(micro_batches(recipe, dataset, 0, dp_rank % dp, dp))
     plan = _checkpoint_plan(recipe)
     if rank == 0:

@@ -131,8 +131,8 @@ class WriterLock:
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise CheckpointError(f"checkpoint.save {self.path.parent}: the disk is full, with no unfinished save "
-                                  f"of this run left to remove; free space and relaunch") from None
+            raise CheckpointError(f"checkpoint.save {self.path.parent}: the disk is full (or the quota reached), with "
+                                  f"no unfinished save of this run left to remove; free space and relaunch") from None
         self.unwritten = False
 
     def _create(self) -> bool:

@@ -76,13 +76,16 @@ def _signal_in_stop_file() -> Optional[int]:
 
 
 def any_rank_signalled(device) -> Optional[str]:
-    """Name of the signal if any rank got one or found it in the stop file (collective: call
-    on every rank)."""
+    """Name of the signal if any rank got one or rank 0 found it in the stop file (collective:
+    call on every rank)."""
     import torch
     import torch.distributed as dist
 
     global _received
-    _received = _received or _signal_in_stop_file()
+    # Rank 0 alone reads the file (it runs on the batch script's node); the all-reduce tells the
+    # rest, without every rank of a large job asking a shared file system each iteration.
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        _received = _received or _signal_in_stop_file()
     flag = torch.tensor([_received or 0], dtype=torch.int32, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)

@@ -258,8 +258,8 @@ def test_a_disk_still_full_at_relaunch_is_refused_in_one_line(tmp_path, trained,
     _fill(small_disk / "someone_elses_file")
     before = snapshot(save)
     line = refused_at_start(*launch(tmp_path, save, "train.train_iters=4", env=python_env)[:2])
-    assert line == (f"error: checkpoint.save {save}: the disk is full, with no unfinished save of this run left "
-                    f"to remove; free space and relaunch")
+    assert line == (f"error: checkpoint.save {save}: the disk is full (or the quota reached), with no unfinished "
+                    f"save of this run left to remove; free space and relaunch")
     assert snapshot(save) == before
 
 
@@ -279,8 +279,10 @@ def test_a_megatron_lm_checkpoint_initializes_a_run_as_our_own_does(tmp_path, tr
     assert f"initialized from {upstream / 'iter_0001000'} (weights only)" in logs["megatron_lm"]
     assert runs["megatron_lm"] == runs["ours"] != runs["fresh"]
     # Resuming from it instead (no train state, optimizer or recipe of ours) is refused, saying what works.
-    line = refused_at_start(*launch(tmp_path, tmp_path / "resumed", f"checkpoint.load={upstream}",
-                                    "train.train_iters=2", env=python_env)[:2])
-    assert line == (f"error: checkpoint.load: {upstream / 'iter_0001000'} is not a training checkpoint of this project "
-                    f"(imported, or saved by Megatron-LM): to start from its weights, set "
-                    f"checkpoint.pretrained_checkpoint={upstream} and another checkpoint.save")
+    refusals = {key: refused_at_start(*launch(tmp_path, save, *load, "train.train_iters=2", env=python_env)[:2])
+                for key, save, load in (("checkpoint.load", tmp_path / "resumed", [f"checkpoint.load={upstream}"]),
+                                        ("checkpoint.save", upstream, []))}
+    for key, remedy in (("checkpoint.load", "instead of checkpoint.load"), ("checkpoint.save", "and another checkpoint.save")):
+        assert refusals[key] == (f"error: {key}: {upstream / 'iter_0001000'} is not a training checkpoint of this project "
+                                 f"(imported, or saved by Megatron-LM): to start from its weights, set "
+                                 f"checkpoint.pretrained_checkpoint={upstream} {remedy}")

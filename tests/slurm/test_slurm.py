@@ -275,6 +275,18 @@ def test_a_signal_as_the_job_starts_requeues_it(cluster, work, jobs):
     assert "iter 2/2" in log and "finished (exit 0)" in log
 
 
+def test_a_stop_file_left_by_an_earlier_job_of_the_same_log_is_ignored(cluster, work):
+    # A fixed --output: the next job of that name finds the earlier one's LOG.info/run0/stop.
+    site = write_site_env(work / "stale.env", work)
+    stale = work / "stale" / "train.info" / "run0" / "stop"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("USR1\n")
+    job = submit(cluster, f"--output={work / 'stale' / 'train.out'}", "--job-name=stale", "train", *TINY_STAGE1,
+                 "train.train_iters=2", f"checkpoint.save={work / 'stale' / 'checkpoint'}", site=site)
+    log = finished_training(cluster, job, "COMPLETED", "0:0", restarts=0)
+    assert "iter 2/2" in log and "received" not in log and not stale.exists()
+
+
 def test_job_array_tasks_train_apart_without_the_submission_environment(cluster, work, jobs):
     array = jobs["array"]
     tasks = [f"{array}_{task}" for task in (0, 1)]
