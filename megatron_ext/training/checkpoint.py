@@ -25,7 +25,6 @@ only checkpoints of its own run series (the manifest's run id).
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import shutil
@@ -43,6 +42,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from megatron_ext.config.loader import to_yaml
 from megatron_ext.config.schema import Recipe
 from megatron_ext.training.checkpoint_files import (
+    DISK_FULL_ERRNOS,
     INCOMPLETE_PREFIX,
     TRACKER,
     CheckpointError,
@@ -170,7 +170,7 @@ def _is_disk_full(error: BaseException) -> bool:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
             return True
         if isinstance(error, CheckpointException):
             if any(_is_disk_full(e) for e, _ in error.failures.values()):

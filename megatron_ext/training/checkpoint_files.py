@@ -10,6 +10,7 @@ Every refusal is one line that names the file and says what to do.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ from typing import Callable, Dict, List, Optional
 
 TRACKER = "latest_checkpointed_iteration.txt"
 INCOMPLETE_PREFIX = ".incomplete_"
+# The errors of a full disk or a reached quota: named as such, never a traceback.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _ITERATION_DIR = re.compile(r"iter_(\d+)")
 
 

@@ -16,7 +16,6 @@ one of the rules above. Taking over a stale lock is logged.
 from __future__ import annotations
 
 import atexit
-import errno
 import json
 import os
 import threading
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from megatron_ext.processes import process_alive, start_time, this_host
-from megatron_ext.training.checkpoint_files import CheckpointError
+from megatron_ext.training.checkpoint_files import DISK_FULL_ERRNOS, CheckpointError
 
 LOCK_FILE = "writer.lock"
 HEARTBEAT_S = 60.0
@@ -129,7 +128,7 @@ class WriterLock:
         try:
             self.path.write_text(json.dumps(asdict(self.me)) + "\n")
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno not in DISK_FULL_ERRNOS:
                 raise
             raise CheckpointError(f"checkpoint.save {self.path.parent}: the disk is full (or the quota reached), with "
                                   f"no unfinished save of this run left to remove; free space and relaunch") from None
@@ -144,7 +143,7 @@ class WriterLock:
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(asdict(self.me)) + "\n")
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno not in DISK_FULL_ERRNOS:
                 raise
             self.unwritten = True
         return True

@@ -148,9 +148,8 @@ class MetricLogger:
             f"grad_norm {metrics['grad_norm']:.3f} | tokens/s/GPU {metrics['tokens_per_sec_per_gpu']:.0f} | "
             f"TFLOP/s/GPU {metrics['tflops_per_gpu']:.1f}{mfu} | {metrics['iteration_time_s'] * 1000:.0f} ms/it | "
             f"mem {metrics['max_memory_gib']:.1f} GiB (reserved {metrics['max_reserved_gib']:.1f}){domains}")
-        if self.metrics_jsonl is not None:
+        if self.metrics_jsonl is not None:  # its folder is made at start-up (train.py)
             try:
-                self.metrics_jsonl.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.metrics_jsonl, "a") as f:
                     f.write(json.dumps({"iteration": iteration, **metrics, **domain_loss}) + "\n")
             except OSError as e:
