@@ -27,10 +27,25 @@ def test_loss_is_the_token_average_over_all_documents(model, tiny_tokenizer):
         n = ids.shape[1] - 1
         total += float(model(input_ids=ids, labels=ids).loss) * n
         count += n
-    result = text_loss(model, tiny_tokenizer, DOCS, batch_size=3)
+    result = text_loss(model, tiny_tokenizer, DOCS)
     assert result["tokens"] == count and result["documents"] == len(DOCS)
     assert result["loss"] == pytest.approx(total / count, rel=1e-5)
-    assert text_loss(model, tiny_tokenizer, DOCS, batch_size=1)["loss"] == pytest.approx(result["loss"], rel=1e-5)
+    for budget in (1, 40):  # one document a pass; a few padded to the longest of their batch
+        assert text_loss(model, tiny_tokenizer, DOCS, batch_tokens=budget)["loss"] == pytest.approx(result["loss"], rel=1e-5)
+
+
+def test_short_documents_share_forward_passes(model, tiny_tokenizer):
+    calls = []
+    hook = model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape),
+                                       with_kwargs=True)
+    try:
+        docs = [f"Fortune number {i}: a short saying." for i in range(40)] + [DOCS[2]]
+        result = text_loss(model, tiny_tokenizer, docs, batch_tokens=1024)
+    finally:
+        hook.remove()
+    assert result["documents"] == len(docs)
+    assert sum(rows for rows, _ in calls) == len(docs) and len(calls) <= 2  # not 40 / 8 = 6 passes
+    assert all(rows * width <= 1024 for rows, width in calls)
 
 
 def test_documents_are_cut_to_max_tokens(model, tiny_tokenizer):
