@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+FLOAT32_ROWS = 4096
+
 
 def read_documents(path: str | Path, text_key: str = "text") -> list[str]:
     """The documents of a .jsonl/.json/.parquet/.txt file (compressed or not), read as data
@@ -36,7 +38,7 @@ def read_documents(path: str | Path, text_key: str = "text") -> list[str]:
 
 
 @torch.no_grad()
-def text_loss(model, tokenizer, documents: list[str], max_tokens: int = 2048, batch_tokens: int = 32768) -> dict:
+def text_loss(model, tokenizer, documents: list[str], max_tokens: int = 2048, batch_tokens: int = 16384) -> dict:
     """{"loss": mean nats per predicted token, "tokens": predicted tokens, "documents": count}.
 
     Each document is tokenized on its own (with the tokenizer's BOS) and cut to ``max_tokens``;
@@ -58,9 +60,11 @@ def text_loss(model, tokenizer, documents: list[str], max_tokens: int = 2048, ba
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = True
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1]
-        predicted = mask[:, 1:]  # only real tokens' logits go to float32
-        nll = torch.nn.functional.cross_entropy(logits[predicted].float(), ids[:, 1:][predicted], reduction="sum")
-        total += float(nll)
-        count += int(predicted.sum())
+        predicted = mask[:, 1:]
+        logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1][predicted]
+        targets = ids[:, 1:][predicted]
+        for row in range(0, len(targets), FLOAT32_ROWS):  # float32 logits a slice at a time (128K vocabularies)
+            total += float(torch.nn.functional.cross_entropy(logits[row:row + FLOAT32_ROWS].float(),
+                                                             targets[row:row + FLOAT32_ROWS], reduction="sum"))
+        count += len(targets)
     return {"loss": total / max(count, 1), "tokens": count, "documents": len(encoded)}

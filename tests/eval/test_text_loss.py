@@ -20,7 +20,7 @@ def model(tiny_llama):
     return AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
 
 
-def test_loss_is_the_token_average_over_all_documents(model, tiny_tokenizer):
+def test_loss_is_the_token_average_over_all_documents(model, tiny_tokenizer, monkeypatch):
     total, count = 0.0, 0
     for doc in DOCS:  # reference: transformers' own loss, one unpadded document at a time
         ids = torch.tensor([tiny_tokenizer(doc)["input_ids"]])
@@ -32,6 +32,8 @@ def test_loss_is_the_token_average_over_all_documents(model, tiny_tokenizer):
     assert result["loss"] == pytest.approx(total / count, rel=1e-5)
     for budget in (1, 40):  # one document a pass; a few padded to the longest of their batch
         assert text_loss(model, tiny_tokenizer, DOCS, batch_tokens=budget)["loss"] == pytest.approx(result["loss"], rel=1e-5)
+    monkeypatch.setattr("megatron_ext.eval.text_loss.FLOAT32_ROWS", 3)  # the loss summed over float32 slices
+    assert text_loss(model, tiny_tokenizer, DOCS)["loss"] == pytest.approx(result["loss"], rel=1e-5)
 
 
 def test_short_documents_share_forward_passes(model, tiny_tokenizer):
