@@ -11,6 +11,16 @@ def format_length(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
+def parse_length(text: str) -> int:
+    """A context length as users write it: 4096, 4K, 128k, 1M. ValueError names the text."""
+    text = text.strip().upper()
+    scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+    try:
+        return int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise ValueError(f"not a length: {text!r} (use e.g. 4096 or 4K)") from None
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 

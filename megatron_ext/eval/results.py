@@ -54,6 +54,22 @@ class EvalRun:
     def skip(self, what: str, reason: str) -> None:
         self.skipped.append({"what": what, "reason": reason})
 
+    def merge(self, later: EvalRun) -> None:
+        """Take in another evaluation of the same model (other lengths, another session, another
+        held-out file); where both measured the same thing, ``later`` wins."""
+        for task, per_length in later.scores.items():
+            self.scores.setdefault(task, {}).update(per_length)
+        measured = {(s.task, s.length) for s in later.samples}
+        self.samples = [s for s in self.samples if (s.task, s.length) not in measured] + later.samples
+        self.short.update(later.short)
+        for dataset, per_length in later.helmet.items():
+            self.helmet.setdefault(dataset, {}).update(per_length)
+        self.text_loss.update(later.text_loss)
+        self.skipped += [s for s in later.skipped if s not in self.skipped]
+        lengths = sorted(set(self.settings.get("lengths", [])) | set(later.settings.get("lengths", [])))
+        self.model, self.settings = later.model, {**later.settings, "lengths": lengths}
+        self.complete = self.complete and later.complete
+
     def save(self, out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         summary = {

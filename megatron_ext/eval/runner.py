@@ -256,14 +256,23 @@ def run_helmet_adapter(cfg: EvalConfig, run: EvalRun, out: Path, model_path: str
         run.skip(what, reason)
 
 
-def finish(run: EvalRun, out: Path) -> None:
+def write_results(run: EvalRun, out: Path) -> list[Path]:
+    """results.json, samples.jsonl, results.md and the plots of ``run`` in ``out``."""
     from megatron_ext.eval import plots
 
-    run.save(out)
+    written = [run.save(out)]
     title = f"Evaluation of {Path(str(run.model['path'])).name}"
     (out / "results.md").write_text(report.run_report(run, title))
-    heatmap = plots.plot_needle_heatmap(run, out / "needle_heatmap.png")
-    curves = plots.plot_score_vs_length(run, out / "score_vs_length.png")
+    written.append(out / "results.md")
+    for plot in (plots.plot_needle_heatmap(run, out / "needle_heatmap.png"),
+                 plots.plot_score_vs_length(run, out / "score_vs_length.png")):
+        if plot:
+            written.append(plot)
+    return written
+
+
+def finish(run: EvalRun, out: Path) -> None:
+    written = write_results(run, out)
     print()
     print(report.recall_table(run) if run.scores else "(no recall scores)")
     if run.short:
@@ -276,4 +285,4 @@ def finish(run: EvalRun, out: Path) -> None:
         print("\nSkipped:")
         print(report.skipped_list(run))
     print()
-    log(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in (heatmap, curves) if p))
+    log("wrote " + ", ".join(map(str, written)))

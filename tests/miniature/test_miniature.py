@@ -191,3 +191,47 @@ def test_pipeline_end_to_end_on_cpu(tmp_path, texts_bundle):
     # Run again: every step is recorded as done, nothing is redone.
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "train-main ..." not in again.stdout
+
+
+def test_eval_lengths_are_split_by_cost():
+    import run
+
+    assert run.split_lengths(["2K", "4K", "8K", "16K", "32K"], 2) == [["2K", "4K", "8K", "16K"], ["32K"]]
+    assert run.split_lengths(["32K", "2K"], 1) == [["2K", "32K"]]
+    assert run.split_lengths(["512"], 2) == [["512"]]  # never an empty group
+    with pytest.raises(SystemExit):
+        run.parse_args(["--work", "w", "--out", "o", "--texts", ".", "--hf-model", ".", "--eval-lengths", "2K,long"])
+
+
+@pytest.mark.slow
+def test_evaluation_split_over_two_gpus_equals_one_process(tmp_path):
+    """A run's evaluation on 2 GPUs: the lengths split between two eval processes, merged into
+    one result equal to one process's (here on the CPU, the two 'GPUs' only name the parts)."""
+    import run
+    from eval_helpers import build_tiny_llama
+
+    from megatron_ext.eval.results import EvalRun
+
+    hf = build_tiny_llama(tmp_path / "tiny_hf")
+    work = tmp_path / "work"
+    for held_out in run.HELD_OUT:
+        (work / held_out).parent.mkdir(parents=True, exist_ok=True)
+        (work / held_out).write_text("".join(json.dumps({"text": _prose(i, 40)}) + "\n" for i in range(3)))
+
+    def evaluate(out: Path, gpus: list[str]) -> EvalRun:
+        args = run.parse_args(["--work", str(work), "--out", str(out), "--texts", str(tmp_path), "--hf-model", str(hf),
+                               "--device", "cpu", "--eval-lengths", "512,1K", "--eval-samples", "2",
+                               "--eval-tasks", "local_niah_single,local_niah_uuid"])
+        run.Pipeline(args).evaluate("main", hf, gpus)
+        return EvalRun.load(out / "eval" / "main")
+
+    split, single = evaluate(tmp_path / "split", ["0", "1"]), evaluate(tmp_path / "single", [])
+    assert (tmp_path / "split/logs/eval-main-part1.log").is_file()  # two processes did run
+    assert not (work / "eval-parts").joinpath("main").exists()
+    assert split.scores == single.scores and set(split.scores["local_niah_single"]) == {512, 1024}
+    assert sorted((s.task, s.length, s.index, s.prediction) for s in split.samples) == \
+        sorted((s.task, s.length, s.index, s.prediction) for s in single.samples)
+    assert split.text_loss == single.text_loss and set(split.text_loss) == {"devil", "fortunes"}
+    assert split.complete and split.settings["lengths"] == [512, 1024]
+    assert (tmp_path / "split/eval/main/needle_heatmap.png").is_file()
+    assert "1K" in (tmp_path / "split/eval/main/results.md").read_text()

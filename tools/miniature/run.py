@@ -16,8 +16,9 @@ Every step is one of this project's tools, run as a user would run it:
   eval     tools/eval.py                   recall at 2K-32K and the held-out text loss, base and every run
   summary  summarize.py                    OUT/summary.json, tables, loss curves
 Steps that finished are skipped when the command is run again (WORK/done/); a run stopped by a
-signal resumes from its checkpoint. With several GPUs, runs share them out (--gpus-per-run) and
-the base model is evaluated while the data is prepared.
+signal resumes from its checkpoint. With several GPUs, runs share them out (--gpus-per-run), a
+run's evaluation splits its lengths over the run's GPUs, and the base model is evaluated while the
+data is prepared.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from megatron_ext.eval.report import parse_length  # noqa: E402
 from megatron_ext.train import EXIT_STOPPED_EARLY  # noqa: E402
 
 RUNS = ("main", "theta_unchanged", "long_only", "no_doc_masking")
@@ -62,6 +64,19 @@ RESTART_LIMIT = 5  # a training run that keeps stopping early (exit 3) is relaun
 
 class StepFailed(RuntimeError):
     pass
+
+
+def split_lengths(lengths: list[str], n: int) -> list[list[str]]:
+    """Evaluation lengths ("2K", "32K", ...) in at most ``n`` groups of about equal cost, the
+    shortest group first. Cost ~ length: a document of twice the length takes about twice as
+    long to prefill, in batches half the size."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(n, len(lengths))))]
+    cost = [0] * len(groups)
+    for text in sorted(lengths, key=parse_length, reverse=True):
+        i = cost.index(min(cost))
+        groups[i].append(text)
+        cost[i] += parse_length(text)
+    return sorted((sorted(g, key=parse_length) for g in groups), key=lambda g: sum(map(parse_length, g)))
 
 
 class Pipeline:
@@ -168,16 +183,37 @@ class Pipeline:
         self.run("import", [self.python, REPO / "tools/convert_hf_to_megatron.py", self.base_hf,
                             self.work / "checkpoints" / "base", "--overwrite", "--no-progress"])
 
-    def evaluate(self, label: str, hf_dir: Path, gpu: str | None, recall: bool = True) -> None:
+    def evaluate(self, label: str, hf_dir: Path, gpus: list[str], recall: bool = True) -> None:
+        """tools/eval.py on ``hf_dir`` into OUT/eval/<label>. With several GPUs the lengths are split
+        between them, one eval process each (the longest alone costs about what the rest do), and the
+        parts are merged into one result: that halves the evaluation of a run on 2 GPUs."""
         out = self.out / "eval" / label
-        resume = (out / "results.json").exists()
-        cmd = [self.python, REPO / "tools/eval.py", hf_dir, "--out", out, "--lengths", self.args.eval_lengths if recall else "none",
-               "--samples", self.args.eval_samples, "--tasks", self.args.eval_tasks, "--backend", "native",
-               "--allow-beyond-max-position", "--short-tasks", "none",
-               "--device", "cpu" if self.args.device == "cpu" else "cuda", "--resume" if resume else "--overwrite"]
-        cmd += [arg for held_out in HELD_OUT for arg in ("--loss-data", self.work / held_out)]
-        env = {**self.env, "CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else self.env
-        self.run(f"eval-{label}", cmd, env=env)
+        groups = split_lengths(self.args.eval_lengths, len(gpus)) if recall else [["none"]]
+        parts = [out] + [self.work / "eval-parts" / label / f"part{i}" for i in range(1, len(groups))]
+
+        def evaluate_part(i: int) -> None:
+            resume = (parts[i] / "results.json").exists()
+            cmd = [self.python, REPO / "tools/eval.py", hf_dir, "--out", parts[i], "--lengths", ",".join(groups[i]),
+                   "--samples", self.args.eval_samples, "--tasks", self.args.eval_tasks, "--backend", "native",
+                   "--allow-beyond-max-position", "--short-tasks", "none",
+                   "--device", "cpu" if self.args.device == "cpu" else "cuda", "--resume" if resume else "--overwrite"]
+            if i == 0:  # the held-out loss once, with the shorter lengths
+                cmd += [arg for held_out in HELD_OUT for arg in ("--loss-data", self.work / held_out)]
+            env = {**self.env, "CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else self.env
+            self.run(f"eval-{label}" + (f"-part{i}" if i else ""), cmd, env=env)
+
+        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+            for future in [pool.submit(evaluate_part, i) for i in range(len(groups))]:
+                future.result()
+        if len(parts) > 1:
+            from megatron_ext.eval.results import EvalRun
+            from megatron_ext.eval.runner import write_results
+
+            run = EvalRun.load(out)
+            for part in parts[1:]:
+                run.merge(EvalRun.load(part))
+            write_results(run, out)
+            shutil.rmtree(self.work / "eval-parts" / label)
 
     def recipe(self, label: str) -> Path:
         return REPO / "recipes" / "miniature" / f"{label}.yaml"
@@ -227,7 +263,7 @@ class Pipeline:
     def run_label(self, label: str, gpus: list[str]) -> None:
         self.step(f"train-{label}", lambda: self.train(label, gpus))
         self.step(f"export-{label}", lambda: self.export(label))
-        self.step(f"eval-{label}", lambda: self.evaluate(label, self.work / "hf" / label, gpus[0] if gpus else None))
+        self.step(f"eval-{label}", lambda: self.evaluate(label, self.work / "hf" / label, gpus))
 
     def main(self) -> None:
         from megatron_ext.config import load_recipe
@@ -249,9 +285,9 @@ class Pipeline:
             return wrapper
 
         # The base model's evaluation needs only the HF checkpoint and one GPU: run it while the CPU prepares data.
-        base_gpu = groups[-1][0] if groups[-1] else None
+        base_gpus = groups[-1][:1]
         base_eval = threading.Thread(target=guarded(lambda: self.step(
-            "eval-base", lambda: self.evaluate("base", self.base_hf, base_gpu, recall=not self.args.skip_base_recall))))
+            "eval-base", lambda: self.evaluate("base", self.base_hf, base_gpus, recall=not self.args.skip_base_recall))))
         base_eval.start()
         if self.args.device == "cpu":
             base_eval.join()  # one CPU: no overlap
@@ -311,6 +347,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="recipe override for every run")
     args = p.parse_args(argv)
     args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    args.eval_lengths = [n.strip() for n in args.eval_lengths.split(",") if n.strip()]
+    try:
+        [parse_length(n) for n in args.eval_lengths or ["none"]]
+    except ValueError as e:
+        p.error(f"--eval-lengths: {e}")
     unknown = [r for r in args.runs if not (REPO / "recipes" / "miniature" / f"{r}.yaml").is_file()]
     if unknown:
         p.error(f"--runs: no recipe recipes/miniature/<run>.yaml for {unknown}")

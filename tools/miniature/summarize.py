@@ -41,13 +41,7 @@ def merged(folders: list[Path]):
 
     run = EvalRun.load(folders[0])
     for folder in folders[1:]:
-        later = EvalRun.load(folder)
-        for task, per_length in later.scores.items():
-            run.scores.setdefault(task, {}).update(per_length)
-        measured = {(s.task, s.length) for s in later.samples}
-        run.samples = [s for s in run.samples if (s.task, s.length) not in measured] + later.samples
-        run.text_loss.update(later.text_loss)
-        run.model, run.complete = later.model, run.complete and later.complete
+        run.merge(EvalRun.load(folder))
     return run
 
 
