@@ -56,16 +56,20 @@ class EvalRun:
 
     def merge(self, later: EvalRun) -> None:
         """Take in another evaluation of the same model (other lengths, another session, another
-        held-out file); where both measured the same thing, ``later`` wins."""
+        held-out file); where both measured the same thing, ``later`` wins. Recall made with other
+        data settings (haystack, depths, seed) is not comparable: ValueError."""
+        if self.settings.get("data") != later.settings.get("data"):
+            raise ValueError(f"cannot merge evaluations of {later.model.get('path')} made with other data settings")
         for task, per_length in later.scores.items():
             self.scores.setdefault(task, {}).update(per_length)
-        measured = {(s.task, s.length) for s in later.samples}
-        self.samples = [s for s in self.samples if (s.task, s.length) not in measured] + later.samples
+        replaced = {(s.task, s.length) for s in later.samples}
+        self.samples = [s for s in self.samples if (s.task, s.length) not in replaced] + later.samples
         self.short.update(later.short)
         for dataset, per_length in later.helmet.items():
             self.helmet.setdefault(dataset, {}).update(per_length)
         self.text_loss.update(later.text_loss)
-        self.skipped += [s for s in later.skipped if s not in self.skipped]
+        measured = set(later.scores) | set(later.short) | set(later.helmet) | set(later.text_loss)
+        self.skipped = [s for s in self.skipped if s["what"] not in measured and s not in later.skipped] + later.skipped
         lengths = sorted(set(self.settings.get("lengths", [])) | set(later.settings.get("lengths", [])))
         self.model, self.settings = later.model, {**later.settings, "lengths": lengths}
         self.complete = self.complete and later.complete

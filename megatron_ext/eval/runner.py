@@ -216,6 +216,8 @@ def read_loss_data(cfg: EvalConfig) -> dict[str, list[str]]:
     """Held-out documents per file, keyed by the file's stem (refusing two files of one name)."""
     from megatron_ext.eval.text_loss import read_documents
 
+    if cfg.loss_limit is not None and cfg.loss_limit < 1:
+        raise CheckpointError(f"--loss-limit {cfg.loss_limit}: must be at least 1 document")
     docs: dict[str, list[str]] = {}
     for path in cfg.loss_data:
         name = Path(path).stem

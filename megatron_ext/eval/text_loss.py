@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 FLOAT32_ROWS = 4096
+TOKENIZE_DOCUMENTS = 1024
 
 
 def read_documents(path: str | Path, text_key: str = "text") -> list[str]:
@@ -47,8 +48,12 @@ def text_loss(model, tokenizer, documents: list[str], max_tokens: int = 2048, ba
     (13K fortunes), which a fixed batch of 8 took minutes of GPU time over.
     """
     device = next(model.parameters()).device
-    encoded = [ids[:max_tokens] for ids in tokenizer(documents)["input_ids"]]
+    encoded = []
+    for start in range(0, len(documents), TOKENIZE_DOCUMENTS):  # cut as we go: a whole file's tokens never held
+        encoded += [ids[:max_tokens] for ids in tokenizer(documents[start:start + TOKENIZE_DOCUMENTS])["input_ids"]]
     encoded = sorted((ids for ids in encoded if len(ids) >= 2), key=len, reverse=True)
+    if not encoded:
+        raise ValueError("held-out loss: no document of 2 or more tokens")
     total, count, start = 0.0, 0, 0
     while start < len(encoded):
         width = len(encoded[start])  # the longest left: rows of this batch are no longer
@@ -60,11 +65,13 @@ def text_loss(model, tokenizer, documents: list[str], max_tokens: int = 2048, ba
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = True
         ids, mask = ids.to(device), mask.to(device)
-        predicted = mask[:, 1:]
-        logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1][predicted]
-        targets = ids[:, 1:][predicted]
-        for row in range(0, len(targets), FLOAT32_ROWS):  # float32 logits a slice at a time (128K vocabularies)
-            total += float(torch.nn.functional.cross_entropy(logits[row:row + FLOAT32_ROWS].float(),
-                                                             targets[row:row + FLOAT32_ROWS], reduction="sum"))
-        count += len(targets)
-    return {"loss": total / max(count, 1), "tokens": count, "documents": len(encoded)}
+        logits = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits
+        # Position p predicts token p + 1: flat rows of the logits (a view, not a copy) whose next token is real.
+        predicts = torch.zeros_like(mask)
+        predicts[:, :-1] = mask[:, 1:]
+        positions = predicts.flatten().nonzero().squeeze(1)
+        flat_logits, next_tokens = logits.view(-1, logits.shape[-1]), ids.roll(-1, dims=1).flatten()
+        for part in positions.split(FLOAT32_ROWS):  # float32 logits a slice at a time (128K vocabularies)
+            total += float(torch.nn.functional.cross_entropy(flat_logits[part].float(), next_tokens[part], reduction="sum"))
+        count += len(positions)
+    return {"loss": total / count, "tokens": count, "documents": len(encoded)}

@@ -38,6 +38,27 @@ def test_save_load_round_trip_and_nan_as_null(tmp_path):
     assert back.samples == run.samples and back.skipped == run.skipped and back.complete
 
 
+def test_merge_joins_lengths_and_the_later_run_wins():
+    early = make_run("a", {4096: 1.0, 16384: 0.5})
+    early.settings.update(lengths=[4096, 16384], data={"seed": 1})
+    early.skip("helmet_recall", "no HELMET checkout")
+    early.text_loss["devil"] = {"loss": 3.0, "tokens": 10, "documents": 1}
+    later = make_run("a", {16384: 0.8, 32768: 0.4})
+    later.settings.update(lengths=[16384, 32768], data={"seed": 1})
+    later.helmet["helmet_recall"] = {16384: 0.7}
+    later.complete = False
+    early.merge(later)
+    assert early.scores["niah_single_1"] == {4096: 1.0, 16384: 0.8, 32768: 0.4}
+    assert sorted({(s.length, s.score) for s in early.samples if s.length == 16384}) == [(16384, 0.0), (16384, 0.4), (16384, 0.8)]
+    assert len(early.samples) == 9 and early.settings["lengths"] == [4096, 16384, 32768]
+    assert early.text_loss["devil"]["loss"] == 3.0 and early.skipped == []  # HELMET measured later: no longer skipped
+    assert not early.complete
+    other = make_run("a", {4096: 1.0})
+    other.settings["data"] = {"seed": 2}
+    with pytest.raises(ValueError, match="other data settings"):
+        early.merge(other)
+
+
 def test_load_rejects_foreign_json(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"results": {}}))
     with pytest.raises(ValueError, match="not an evaluation result"):

@@ -34,6 +34,10 @@ def test_loss_is_the_token_average_over_all_documents(model, tiny_tokenizer, mon
         assert text_loss(model, tiny_tokenizer, DOCS, batch_tokens=budget)["loss"] == pytest.approx(result["loss"], rel=1e-5)
     monkeypatch.setattr("megatron_ext.eval.text_loss.FLOAT32_ROWS", 3)  # the loss summed over float32 slices
     assert text_loss(model, tiny_tokenizer, DOCS)["loss"] == pytest.approx(result["loss"], rel=1e-5)
+    monkeypatch.setattr("megatron_ext.eval.text_loss.TOKENIZE_DOCUMENTS", 3)  # tokenized a few at a time
+    assert text_loss(model, tiny_tokenizer, DOCS)["loss"] == pytest.approx(result["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="no document of 2 or more tokens"):
+        text_loss(model, tiny_tokenizer, [])
 
 
 def test_short_documents_share_forward_passes(model, tiny_tokenizer):
@@ -112,3 +116,5 @@ def test_loss_only_evaluation(tiny_llama, tmp_path):
     assert run.scores == {} and run.text_loss["held_out"]["documents"] == len(DOCS)
     assert tool.main([str(tiny_llama), "--out", str(tmp_path / "none"), "--lengths", "none", "--device", "cpu",
                       "--backend", "native", "--short-tasks", "none"]) == 2
+    assert tool.main([str(tiny_llama), "--out", str(tmp_path / "zero"), "--lengths", "none", "--device", "cpu",
+                      "--backend", "native", "--short-tasks", "none", "--loss-data", str(held), "--loss-limit", "0"]) == 2

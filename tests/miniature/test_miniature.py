@@ -199,8 +199,13 @@ def test_eval_lengths_are_split_by_cost():
     assert run.split_lengths(["2K", "4K", "8K", "16K", "32K"], 2) == [["2K", "4K", "8K", "16K"], ["32K"]]
     assert run.split_lengths(["32K", "2K"], 1) == [["2K", "32K"]]
     assert run.split_lengths(["512"], 2) == [["512"]]  # never an empty group
-    with pytest.raises(SystemExit):
-        run.parse_args(["--work", "w", "--out", "o", "--texts", ".", "--hf-model", ".", "--eval-lengths", "2K,long"])
+    def lengths(text: str) -> list[str]:
+        return run.parse_args(["--work", "w", "--out", "o", "--texts", ".", "--hf-model", ".", "--eval-lengths", text]).eval_lengths
+
+    assert lengths("32K, 2K,2048") == ["2K", "32K"]  # each length once, shortest first
+    for bad in ("2K,long", "", "0,2K", "none"):
+        with pytest.raises(SystemExit):
+            lengths(bad)
 
 
 @pytest.mark.slow
@@ -226,8 +231,7 @@ def test_evaluation_split_over_two_gpus_equals_one_process(tmp_path):
         return EvalRun.load(out / "eval" / "main")
 
     split, single = evaluate(tmp_path / "split", ["0", "1"]), evaluate(tmp_path / "single", [])
-    assert (tmp_path / "split/logs/eval-main-part1.log").is_file()  # two processes did run
-    assert not (work / "eval-parts").joinpath("main").exists()
+    assert [len(EvalRun.load(work / f"eval-parts/main/part{i}").lengths) for i in (0, 1)] == [1, 1]  # two processes
     assert split.scores == single.scores and set(split.scores["local_niah_single"]) == {512, 1024}
     assert sorted((s.task, s.length, s.index, s.prediction) for s in split.samples) == \
         sorted((s.task, s.length, s.index, s.prediction) for s in single.samples)
@@ -235,3 +239,9 @@ def test_evaluation_split_over_two_gpus_equals_one_process(tmp_path):
     assert split.complete and split.settings["lengths"] == [512, 1024]
     assert (tmp_path / "split/eval/main/needle_heatmap.png").is_file()
     assert "1K" in (tmp_path / "split/eval/main/results.md").read_text()
+    # Run again (e.g. the step was not marked done): the parts resume, nothing is evaluated twice.
+    again = evaluate(tmp_path / "split", ["0", "1"])
+    assert again.scores == split.scores and again.text_loss == split.text_loss
+    for i in (0, 1):
+        second = (tmp_path / f"split/logs/eval-main-part{i}.log").read_text().split("\n$ ")[-1]
+        assert "--resume" in second.splitlines()[0] and "[eval] length" not in second and "held-out loss" not in second

@@ -185,11 +185,12 @@ class Pipeline:
 
     def evaluate(self, label: str, hf_dir: Path, gpus: list[str], recall: bool = True) -> None:
         """tools/eval.py on ``hf_dir`` into OUT/eval/<label>. With several GPUs the lengths are split
-        between them, one eval process each (the longest alone costs about what the rest do), and the
-        parts are merged into one result: that halves the evaluation of a run on 2 GPUs."""
+        between them, one eval process each (the longest alone costs about what the rest do), into
+        WORK/eval-parts/<label>/part<i> (kept: a re-run resumes them), merged into OUT/eval/<label>
+        only when all are done, so OUT never holds a result that looks complete and is not."""
         out = self.out / "eval" / label
         groups = split_lengths(self.args.eval_lengths, len(gpus)) if recall else [["none"]]
-        parts = [out] + [self.work / "eval-parts" / label / f"part{i}" for i in range(1, len(groups))]
+        parts = [out] if len(groups) == 1 else [self.work / "eval-parts" / label / f"part{i}" for i in range(len(groups))]
 
         def evaluate_part(i: int) -> None:
             resume = (parts[i] / "results.json").exists()
@@ -200,20 +201,20 @@ class Pipeline:
             if i == 0:  # the held-out loss once, with the shorter lengths
                 cmd += [arg for held_out in HELD_OUT for arg in ("--loss-data", self.work / held_out)]
             env = {**self.env, "CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else self.env
-            self.run(f"eval-{label}" + (f"-part{i}" if i else ""), cmd, env=env)
+            self.run(f"eval-{label}" + (f"-part{i}" if len(groups) > 1 else ""), cmd, env=env)
 
         with ThreadPoolExecutor(max_workers=len(groups)) as pool:
             for future in [pool.submit(evaluate_part, i) for i in range(len(groups))]:
                 future.result()
-        if len(parts) > 1:
+        if len(groups) > 1:
             from megatron_ext.eval.results import EvalRun
             from megatron_ext.eval.runner import write_results
 
-            run = EvalRun.load(out)
+            run = EvalRun.load(parts[0])
             for part in parts[1:]:
                 run.merge(EvalRun.load(part))
-            write_results(run, out)
-            shutil.rmtree(self.work / "eval-parts" / label)
+            with self.lock:  # pyplot's figure registry is not thread-safe; two runs may finish together
+                write_results(run, out)
 
     def recipe(self, label: str) -> Path:
         return REPO / "recipes" / "miniature" / f"{label}.yaml"
@@ -347,11 +348,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="recipe override for every run")
     args = p.parse_args(argv)
     args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    args.eval_lengths = [n.strip() for n in args.eval_lengths.split(",") if n.strip()]
-    try:
-        [parse_length(n) for n in args.eval_lengths or ["none"]]
-    except ValueError as e:
-        p.error(f"--eval-lengths: {e}")
+    args.eval_lengths = eval_lengths(p, args.eval_lengths)
     unknown = [r for r in args.runs if not (REPO / "recipes" / "miniature" / f"{r}.yaml").is_file()]
     if unknown:
         p.error(f"--runs: no recipe recipes/miniature/<run>.yaml for {unknown}")
@@ -365,6 +362,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         if not Path(path).exists():
             p.error(f"{what} {path}: no such file or directory")
     return args
+
+
+def eval_lengths(p: argparse.ArgumentParser, text: str) -> list[str]:
+    """--eval-lengths as a list, each length once; the pipeline compares runs by recall, so one at least."""
+    from megatron_ext.eval.runner import MIN_LENGTH
+
+    lengths: dict[int, str] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        try:
+            lengths.setdefault(parse_length(item), item)
+        except ValueError as e:
+            p.error(f"--eval-lengths: {e}")
+    if not lengths or min(lengths) < MIN_LENGTH:
+        p.error(f"--eval-lengths {text!r}: give lengths of at least {MIN_LENGTH} tokens, e.g. 2K,32K")
+    return [lengths[n] for n in sorted(lengths)]
 
 
 def main(argv=None) -> int:
