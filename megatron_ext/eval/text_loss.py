@@ -66,11 +66,11 @@ def text_loss(model, tokenizer, documents: list[str], max_tokens: int = 2048, ba
             mask[row, :len(seq)] = True
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits
-        # Position p predicts token p + 1: flat rows of the logits (a view, not a copy) whose next token is real.
+        # Position p predicts token p + 1: flat rows of the logits (a view of contiguous logits, not a copy) whose next token is real.
         predicts = torch.zeros_like(mask)
         predicts[:, :-1] = mask[:, 1:]
         positions = predicts.flatten().nonzero().squeeze(1)
-        flat_logits, next_tokens = logits.view(-1, logits.shape[-1]), ids.roll(-1, dims=1).flatten()
+        flat_logits, next_tokens = logits.reshape(-1, logits.shape[-1]), ids.roll(-1, dims=1).flatten()
         for part in positions.split(FLOAT32_ROWS):  # float32 logits a slice at a time (128K vocabularies)
             total += float(torch.nn.functional.cross_entropy(flat_logits[part].float(), next_tokens[part], reduction="sum"))
         count += len(positions)
