@@ -245,3 +245,15 @@ def test_evaluation_split_over_two_gpus_equals_one_process(tmp_path):
     for i in (0, 1):
         second = (tmp_path / f"split/logs/eval-main-part{i}.log").read_text().split("\n$ ")[-1]
         assert "--resume" in second.splitlines()[0] and "[eval] length" not in second and "held-out loss" not in second
+
+
+def test_device_status_packs_results_before_training_logs_an_iteration(tmp_path):
+    """tools/gpu/miniature_on_device.sh status, polled while a run starts: it must still pack the results."""
+    (tmp_path / "root/out/logs").mkdir(parents=True)
+    (tmp_path / "root/out/pipeline.log").write_text("[miniature 06:09:23] train-main ...\n")
+    (tmp_path / "root/out/logs/train-main.log").write_text("loading the base checkpoint\n")  # no 'iter' line yet
+    (tmp_path / "out").mkdir()
+    proc = subprocess.run(["bash", str(REPO / "tools/gpu/miniature_on_device.sh"), "status"], capture_output=True, text=True,
+                          env={**__import__("os").environ, "MINIATURE_ROOT": str(tmp_path / "root"), "OUT": str(tmp_path / "out")})
+    assert proc.returncode == 0, proc.stderr
+    assert "train-main ..." in proc.stdout and (tmp_path / "out/miniature_out.tgz").stat().st_size > 0

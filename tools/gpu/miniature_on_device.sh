@@ -25,7 +25,8 @@ case ${1:-} in
         echo "started: $root/out/pipeline.log" ;;
     status)
         tail -n "${LINES_SHOWN:-25}" "$root/out/pipeline.log" || true
-        for log in "$root"/out/logs/train-*.log; do [[ -f $log ]] && grep -E "^iter " "$log" | tail -n 2; done
+        # A training log without an iteration yet must not end the status (set -e) before the results are packed.
+        for log in "$root"/out/logs/train-*.log; do [[ -f $log ]] && { grep -E "^iter " "$log" || true; } | tail -n 2; done
         nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader || true
         if [[ -n ${OUT:-} ]]; then
             tar czf "$OUT/miniature_out.tgz" -C "$root" out 2>/dev/null || true
