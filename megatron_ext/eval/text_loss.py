@@ -54,7 +54,7 @@ def text_loss(model, tokenizer, documents: list[str], max_tokens: int = 2048, ba
     encoded = sorted((ids for ids in encoded if len(ids) >= 2), key=len, reverse=True)
     if not encoded:
         raise ValueError("held-out loss: no document of 2 or more tokens")
-    total, count, start = 0.0, 0, 0
+    total, count, start = torch.zeros((), device=device, dtype=torch.float64), 0, 0
     while start < len(encoded):
         width = len(encoded[start])  # the longest left: rows of this batch are no longer
         rows = max(1, min(batch_tokens // width, len(encoded) - start))
@@ -66,12 +66,12 @@ def text_loss(model, tokenizer, documents: list[str], max_tokens: int = 2048, ba
             mask[row, :len(seq)] = True
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits
-        # Position p predicts token p + 1: flat rows of the logits (a view of contiguous logits, not a copy) whose next token is real.
+        # Position p predicts token p + 1: the flat rows of the logits (no copy) whose next token is real.
         predicts = torch.zeros_like(mask)
         predicts[:, :-1] = mask[:, 1:]
         positions = predicts.flatten().nonzero().squeeze(1)
         flat_logits, next_tokens = logits.reshape(-1, logits.shape[-1]), ids.roll(-1, dims=1).flatten()
         for part in positions.split(FLOAT32_ROWS):  # float32 logits a slice at a time (128K vocabularies)
-            total += float(torch.nn.functional.cross_entropy(flat_logits[part].float(), next_tokens[part], reduction="sum"))
+            total += torch.nn.functional.cross_entropy(flat_logits[part].float(), next_tokens[part], reduction="sum")
         count += len(positions)
-    return {"loss": total / count, "tokens": count, "documents": len(encoded)}
+    return {"loss": float(total) / count, "tokens": count, "documents": len(encoded)}  # one device sync, here

@@ -70,13 +70,14 @@ def split_lengths(lengths: list[str], n: int) -> list[list[str]]:
     """Evaluation lengths ("2K", "32K", ...) in at most ``n`` groups of about equal cost, the
     shortest group first. Cost ~ length: a document of twice the length takes about twice as
     long to prefill, in batches half the size."""
+    tokens = {text: parse_length(text) for text in lengths}
     groups: list[list[str]] = [[] for _ in range(max(1, min(n, len(lengths))))]
     cost = [0] * len(groups)
-    for text in sorted(lengths, key=parse_length, reverse=True):
+    for text in sorted(lengths, key=tokens.get, reverse=True):
         i = cost.index(min(cost))
         groups[i].append(text)
-        cost[i] += parse_length(text)
-    return sorted((sorted(g, key=parse_length) for g in groups), key=lambda g: sum(map(parse_length, g)))
+        cost[i] += tokens[text]
+    return [sorted(groups[i], key=tokens.get) for i in sorted(range(len(groups)), key=cost.__getitem__)]
 
 
 class Pipeline:
