@@ -8,6 +8,8 @@
 #   benchmarks/perf_sweep.sh OUT stage2          #   30-minute device session each (estimated ~20 min; each with its baseline)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
+#   benchmarks/perf_sweep.sh OUT --queue         # the cases listed in OUT/queue, one per line, in order;
+#                                                #   append to it (or reorder what has not started) while it runs
 #   benchmarks/perf_sweep.sh --list
 #   DRY_RUN=1 benchmarks/perf_sweep.sh OUT all   # no GPU: validate every case, print the planner's predictions
 #
@@ -41,7 +43,8 @@ STAGE1=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_tp_comm_o
 STAGE2=(s2_baseline s2_p2p s2_selective_offload s3_256k_optimizer_offload dp2_balanced dp2_in_order profile_s2)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
-     s1_cp2_p2p_selective s1_tp_comm_overlap s1_fp8_baseline s1_fp8_selective_mlp s1_offload_selective
+     s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
+     s1_fp8_tp_overlap s1_fp8_selective_tp_overlap s1_offload_selective
      s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_p2p s2_all_gather s2_a2a_p2p
      s2_selective_offload s2_block_30 s2_tp2 s3_256k s3_256k_optimizer_offload s3_256k_tp2
      dp2_balanced dp2_in_order layers4_document_vs_stock profile_s1 profile_s2 profile_s3)
@@ -81,8 +84,12 @@ run_case() {
         s1_cp2_selective)       bench "$1" 2 3 "${S1[@]}" "${TP1_CP2[@]}" "${SELECTIVE_MLP[@]}" ;;
         s1_cp2_p2p_selective)   bench "$1" 2 3 "${S1[@]}" "${TP1_CP2[@]}" parallel.cp_comm_type=p2p "${SELECTIVE_MLP[@]}" ;;
         s1_tp_comm_overlap)     CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" parallel.tp_comm_overlap=true ;;
+        s1_selective_tp_overlap) CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" parallel.tp_comm_overlap=true ;;
         s1_fp8_baseline)        bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid ;;
         s1_fp8_selective_mlp)   bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid "${SELECTIVE_MLP[@]}" ;;
+        s1_fp8_tp_overlap)      CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid parallel.tp_comm_overlap=true ;;
+        s1_fp8_selective_tp_overlap) CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid \
+                                    "${SELECTIVE_MLP[@]}" parallel.tp_comm_overlap=true ;;
         s1_offload_selective)   bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" "${OFFLOAD_INPUTS[@]}" ;;
         s1_optimizer_offload)   bench "$1" 2 3 "${S1[@]}" optimizer.optimizer_cpu_offload=true ;;
         s1_dp2)                 bench "$1" 2 3 "${S1[@]}" parallel.tensor_model_parallel_size=1 ;;
@@ -114,11 +121,19 @@ run_case() {
     esac
 }
 
+next_queued() {  # the first case in OUT/queue not started yet (the file may grow while the sweep runs)
+    local c
+    while read -r c; do
+        [ -z "$c" ] && continue
+        grep -qxF -- "$c" "$OUT/started.txt" 2>/dev/null || { echo "$c"; return; }
+    done < "$OUT/queue"
+}
+
 if [ "${1:-}" = "--list" ]; then
     echo "stage1: ${STAGE1[*]}"; echo "stage2: ${STAGE2[*]}"; echo "all:  ${ALL[*]}"; exit 0
 fi
 if [ $# -lt 1 ]; then
-    echo "usage: $0 OUT [core|stage1|stage2|all|CASE ...]   ($0 --list)" >&2; exit 2
+    echo "usage: $0 OUT [core|stage1|stage2|all|--queue|CASE ...]   ($0 --list)" >&2; exit 2
 fi
 OUT=$1; shift
 mkdir -p "$OUT/logs"
@@ -133,9 +148,17 @@ elif [ "${cases[0]}" = all ]; then
     cases=("${ALL[@]}")
 fi
 rm -f "$OUT/dry_run.jsonl"
-for c in "${cases[@]}"; do
-    run_case "$c" || exit 2
-done
+if [ "${cases[0]:-}" = --queue ]; then
+    [ -f "$OUT/queue" ] || { echo "$OUT/queue: no such file (one case per line)" >&2; exit 2; }
+    while c=$(next_queued) && [ -n "$c" ]; do
+        echo "$c" >> "$OUT/started.txt"
+        run_case "$c" || echo "$c (unknown case)" >> "$OUT/failed.txt"  # a typo in the queue must not end the session
+    done
+else
+    for c in "${cases[@]}"; do
+        run_case "$c" || exit 2
+    done
+fi
 if [ -n "${DRY_RUN:-}" ]; then
     # Every case's recipe must be valid for its GPU count; show what the planner expects.
     python - "$OUT/dry_run.jsonl" <<'PY'

@@ -1,8 +1,11 @@
 """The planner: its memory arithmetic by hand on a tiny model, its fit, the measured runs it
 must reproduce, and what it refuses."""
 
+import json
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +232,43 @@ def test_every_sweep_case_is_a_valid_recipe(tmp_path, python_env):
     # Each session-sized half measures its own baseline in the same call as its candidates.
     assert set(groups["stage1"]) | set(groups["stage2"]) <= set(cases)
     assert groups["stage1"][0] == "s1_baseline" and groups["stage2"][0] == "s2_baseline"
+
+
+def test_sweep_queue_runs_listed_cases_in_order_and_survives_a_typo(tmp_path, python_env):
+    """perf_sweep.sh --queue: a device session's queue, extended while it runs; an unknown name
+    is listed as failed and the cases after it still run."""
+    (tmp_path / "queue").write_text("s1_selective_tp_overlap\n\nnot_a_case\ns1_baseline\n")
+    out = subprocess.run(["bash", "benchmarks/perf_sweep.sh", str(tmp_path), "--queue"], cwd=REPO, capture_output=True,
+                         text=True, env={**python_env, "DRY_RUN": "1"}, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert (tmp_path / "started.txt").read_text().split() == ["s1_selective_tp_overlap", "not_a_case", "s1_baseline"]
+    assert (tmp_path / "failed.txt").read_text() == "not_a_case (unknown case)\n"
+    predicted = [line.split()[0] for line in out.stdout.splitlines() if "predicted" in line]
+    assert predicted == ["s1_selective_tp_overlap", "s1_baseline"]
+
+
+def test_device_sweep_queue_extends_a_running_sweep_and_packs_results(tmp_path, python_env):
+    """tools/gpu/perf_on_device.sh: `queue` starts the sweep in the background, a second `queue`
+    while it runs only appends (one sweep, every case once), `status` tabulates and packs."""
+    env = {**python_env, "DRY_RUN": "1", "PERF_ROOT": str(tmp_path / "perf"), "OUT": str(tmp_path / "out"),
+           "PYTHON": sys.executable}
+    script = ["bash", str(REPO / "tools/gpu/perf_on_device.sh")]
+    first = subprocess.run([*script, "queue", "s1_baseline", "s1_selective_mlp"], capture_output=True, text=True, env=env)
+    second = subprocess.run([*script, "queue", "s1_tp_comm_overlap"], capture_output=True, text=True, env=env)
+    assert first.returncode == second.returncode == 0 and "started" in first.stdout, first.stdout + second.stdout
+    started = tmp_path / "perf/started.txt"
+    for _ in range(600):
+        if "s1_tp_comm_overlap" in (started.read_text() if started.exists() else "") and \
+                not subprocess.run(["pgrep", "-f", f"perf_sweep.sh {tmp_path / 'perf'} --queue"]).returncode == 0:
+            break
+        time.sleep(0.1)
+    assert started.read_text().split() == ["s1_baseline", "s1_selective_mlp", "s1_tp_comm_overlap"]
+    row = {"label": "s1_baseline", "gpus": 2, "tp": 2, "cp": 1, "dp": 1, "seq_length": 65536, "document_masking": True,
+           "tokens_per_sec_per_gpu": 5133.0, "tflops_per_gpu": 374.5, "mfu": 0.379, "iteration_time_s": 25.5,
+           "peak_memory_gib": 81.8}
+    (tmp_path / "perf/runs.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "out").mkdir()
+    status = subprocess.run([*script, "status"], capture_output=True, text=True, env=env)
+    assert status.returncode == 0 and "| s1_baseline | 2 | 2×1×1 | 65536 | True | 5133 |" in status.stdout, status.stdout
+    with tarfile.open(tmp_path / "out/perf_out.tgz") as tgz:
+        assert "perf/runs.jsonl" in tgz.getnames()

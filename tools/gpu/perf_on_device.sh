@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# benchmarks/perf_sweep.sh in the background on a GPU machine, fed from a queue that later
+# calls extend once the first measurements say what to try next (a device session is 30 minutes):
+#   bash tools/gpu/perf_on_device.sh queue CASE...   append the cases; start the sweep unless it runs
+#   bash tools/gpu/perf_on_device.sh status          progress, the rows measured so far, $OUT/perf_out.tgz
+# Results in $PERF_ROOT (default /tmp/perf): runs.jsonl, logs/, profile_*/ (traces stay there: too large to bring back).
+set -uo pipefail
+root=${PERF_ROOT:-/tmp/perf}
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+case ${1:-} in
+    queue)
+        shift
+        mkdir -p "$root"
+        printf '%s\n' "$@" >> "$root/queue"
+        if pgrep -f "perf_sweep.sh $root --queue" > /dev/null; then
+            echo "queued behind the running sweep: $*"
+        else
+            cd "$repo" && setsid nohup bash benchmarks/perf_sweep.sh "$root" --queue >> "$root/runner.log" 2>&1 < /dev/null &
+            echo "started: $root/runner.log"
+        fi ;;
+    status)
+        grep -E "^=== " "$root/sweep.log" 2>/dev/null | tail -n 1
+        latest=$(ls -t "$root"/logs/*.log 2>/dev/null | head -n 1)
+        [[ -n $latest ]] && { grep -E "^iter |out of memory|Error" "$latest" | tail -n 3; }
+        echo "failed: $(tr '\n' ' ' < "$root/failed.txt" 2>/dev/null)"
+        if [[ -s $root/runs.jsonl ]]; then
+            PYTHONPATH="/tmp/site:$repo" "${PYTHON:-python3}" -c 'import json, sys
+sys.path.insert(0, sys.argv[2])
+from throughput import markdown
+print(markdown([json.loads(line) for line in open(sys.argv[1])]))' "$root/runs.jsonl" "$repo/benchmarks" || true
+        fi
+        nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true
+        if [[ -n ${OUT:-} ]]; then
+            tar czf "$OUT/perf_out.tgz" --exclude='trace_rank*' -C "$(dirname "$root")" "$(basename "$root")" 2>/dev/null || true
+        fi ;;
+    *) sed -n '2,6p' "$0"; exit 2 ;;
+esac
