@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--cp", type=int, nargs="*", default=[2, 4, 8, 16])
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as e:

@@ -91,7 +91,7 @@ def main() -> int:
     parser.add_argument("--nproc", type=int, default=1, help="GPUs (torchrun --nproc-per-node)")
     parser.add_argument("--warmup", type=int, default=3, help="iterations before the profiled one")
     parser.add_argument("--out", type=Path, required=True, help="folder for traces and tables")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cmd = ["torchrun", f"--nproc-per-node={args.nproc}", f"--master-port={free_port()}", __file__, "--worker",
            str(args.out.resolve()), str(args.warmup), args.recipe, *args.overrides, "logging.progress_bar=false"]

@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--stock", action="store_true", help="also run Megatron's stock causal attention")
     parser.add_argument("--out", type=Path, help="append the results (JSON lines) here")
     parser.add_argument("--log-dir", type=Path, default=Path(tempfile.gettempdir()) / "megatron_ext_bench")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
     runs = [(args.label, args.overrides)]
     if args.stock:

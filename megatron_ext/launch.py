@@ -71,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free one)")
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/tiny/prolong_stage1.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.nproc_per_node < 1:
         parser.error(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
 

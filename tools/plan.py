@@ -114,7 +114,7 @@ def main(argv=None) -> int:
                         help="refit the constants from scratch on these runs (the others return to their priors)")
     parser.add_argument("--write", action="store_true", help="with --calibrate: save the refitted constants")
     parser.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION, help="constants file")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     hide_unactionable_warnings()  # "TE/Apex not installed" on a planning machine
     try:
         calibration = Calibration.load(args.calibration)

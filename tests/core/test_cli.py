@@ -108,3 +108,12 @@ def test_training_output_has_no_warnings_a_user_cannot_act_on(tmp_path, python_e
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""  # Megatron's Apex/TE import notes, deprecations and DDP notes are filtered
     assert "iter 2/2 | loss" in out.stdout and (tmp_path / "ck/tensorboard").is_dir()
+
+
+def test_launcher_takes_overrides_after_its_options(python_env):
+    """`python -m megatron_ext.launch RECIPE --nproc-per-node 1 key=value`: the override reaches
+    training (which names the bad key), not an argparse error about the launcher's arguments."""
+    out = subprocess.run([sys.executable, "-m", "megatron_ext.launch", TINY, "--nproc-per-node", "1",
+                          "train.no_such_key=1"], cwd=REPO, capture_output=True, text=True, env=python_env, timeout=300)
+    assert out.returncode == 2 and "train.no_such_key: unknown key" in out.stderr, out.stderr[-2000:]
+    assert "unrecognized arguments" not in out.stderr

@@ -202,6 +202,10 @@ def test_cli_check_refuses_before_submission_and_names_bad_keys():
     out = _plan("recipes/bench/llama3_8b_64k.yaml", "train.global_batch_size=4", "--gpus", "2",
                 "--gpu-memory", "140.4", "--check", "--batches", "2")
     assert out.returncode == 0, out.stderr
+    # Overrides after the options, as people type them, plan the same layout.
+    after = _plan("recipes/bench/llama3_8b_64k.yaml", "--gpus", "2", "--gpu-memory", "140.4", "--check", "--batches", "2",
+                  "train.global_batch_size=4")
+    assert after.returncode == 0 and after.stdout == out.stdout, after.stderr
     out = _plan("recipes/bench/llama3_8b_64k.yaml", "parallel.tensor_model_paralel_size=2", "--gpus", "2", "--gpu-memory", "80")
     assert out.returncode == 2 and "parallel.tensor_model_paralel_size: unknown key" in out.stderr
 
