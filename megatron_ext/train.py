@@ -52,9 +52,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def train(recipe: Recipe) -> int:
-    from megatron_ext.training.cuda_allocator import use_expandable_segments
+    from megatron_ext.training.cuda_env import cuda_env_defaults
 
-    use_expandable_segments()  # read when CUDA initializes: before anything (even an import) touches it
+    cuda_env_defaults(recipe)  # read when CUDA initializes: before anything (even an import) touches it
 
     import torch
     from megatron.core import parallel_state

@@ -111,12 +111,31 @@ def test_knobs_that_fit_together_validate():
     assert r.parallel.recompute_modules == ["mlp"] and r.optimizer.optimizer_offload_fraction == 0.5
 
 
-@pytest.mark.parametrize("hardware", ["h100_80gb", "h200_141gb"])
-@pytest.mark.parametrize("stage", ["stage1_64k", "stage2_512k", "sft_64k"])
-def test_hardware_profiles_compose_with_every_stage(tmp_path, stage, hardware):
+PROFILES = {  # profile: (GPU memory in GiB, the stages it is for)
+    "h200_64k": (140.4, ["stage1_64k", "sft_64k"]), "h100_64k": (79.6, ["stage1_64k", "sft_64k"]),
+    "h200_512k": (140.4, ["stage2_512k"]), "h100_512k": (79.6, ["stage2_512k"]),
+}
+
+
+def test_every_shipped_profile_is_listed():
+    shipped = {p.stem for p in (Path(__file__).resolve().parents[2] / "recipes/hardware").glob("*.yaml")}
+    assert shipped == set(PROFILES)
+
+
+@pytest.mark.parametrize("hardware,stage", [(h, s) for h, (_, stages) in PROFILES.items() for s in stages])
+def test_hardware_profiles_compose_with_their_stages_and_fit(tmp_path, hardware, stage):
+    """A profile changes only the layout and memory settings of its stage, and the planner
+    (calibrated on the measured runs) says the composed job fits 8 GPUs of that memory."""
+    from megatron_ext.planning.layouts import Planner, refusal
+    from megatron_ext.planning.terms import Calibration
+    from megatron_ext.planning.workload import workload_dataset
+
     recipe = tmp_path / "composed.yaml"
     root = Path(__file__).resolve().parents[2] / "recipes"
     recipe.write_text(f"base: [{root}/prolong/{stage}.yaml, {root}/hardware/{hardware}.yaml]\n")
-    composed, alone = load_recipe(recipe), load_recipe(root / f"prolong/{stage}.yaml")
+    composed, alone = load_recipe(recipe, world_size=8), load_recipe(root / f"prolong/{stage}.yaml")
     assert composed.train == alone.train and composed.data == alone.data   # the stage stays the stage
-    assert composed.parallel.recompute_granularity == "full"                # the measured setting
+    memory, _ = PROFILES[hardware]
+    dataset, _ = workload_dataset(composed, 4096)
+    planner = Planner(composed, 8, memory, Calibration.load(), dataset, 989.0, batches=2)
+    assert refusal(planner.evaluate({}), memory) is None

@@ -1,0 +1,31 @@
+"""CUDA environment defaults for training, applied before CUDA initializes (both are read then).
+
+The Slurm launcher (slurm/gpu_env.sh) sets the same defaults; setting them here covers
+torchrun and benchmark launches too. A value the user set always wins."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, MutableMapping
+
+from megatron_ext.config.schema import Recipe
+
+ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
+MAX_CONNECTIONS = "CUDA_DEVICE_MAX_CONNECTIONS"
+
+
+def cuda_env_defaults(recipe: Recipe, environ: MutableMapping[str, str] = os.environ) -> Dict[str, str]:
+    """Set the defaults the recipe needs; returns the values in effect.
+
+    - Growable allocator segments: long-context steps allocate activations of many sizes
+      (every micro-batch holds other document lengths); with fixed-size segments the cache
+      fragments until a step fails with memory reserved but unallocated (2xH200, 128K CP2
+      p2p: out of memory with 19 GiB so stranded).
+    - One hardware work queue under sequence parallelism: Megatron-Core and Transformer Engine
+      rely on it to start a TP collective before the GEMM it overlaps (TE's userbuffers for
+      parallel.tp_comm_overlap too); without it they warn and the overlap is not guaranteed."""
+    in_effect = {ALLOC_CONF: environ.setdefault(ALLOC_CONF, "expandable_segments:True")}
+    p = recipe.parallel
+    if p.tensor_model_parallel_size > 1 and p.sequence_parallel:
+        in_effect[MAX_CONNECTIONS] = environ.setdefault(MAX_CONNECTIONS, "1")
+    return in_effect
