@@ -3,9 +3,10 @@
 # setting, each as one benchmarks/throughput.py run appended to OUT/runs.jsonl (with the
 # planner's prediction next to the measurement), plus per-iteration profiles.
 #
-#   benchmarks/perf_sweep.sh OUT                 # the core cases (estimated ~40 minutes on 2xH200)
-#   benchmarks/perf_sweep.sh OUT stage1          # the core cases in two halves meant to fit one
-#   benchmarks/perf_sweep.sh OUT stage2          #   30-minute device session each (estimated ~20 min; each with its baseline)
+#   benchmarks/perf_sweep.sh OUT                 # the core cases (~60 minutes on 2xH200)
+#   benchmarks/perf_sweep.sh OUT stage1          # the core cases in two halves, each with its baseline, in order of
+#   benchmarks/perf_sweep.sh OUT stage2          #   priority (stage 1 took 24 min on 2xH200, 2026-11-30; stage 2 is
+#                                                #   estimated at ~36: its last cases wait for a later session)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
 #   benchmarks/perf_sweep.sh OUT --queue         # the cases listed in OUT/queue, one per line, in order;
@@ -27,7 +28,7 @@ S2=(recipes/bench/llama3_8b_512k.yaml train.seq_length=131072 parallel.context_p
     data.synthetic.doc_length_median=49152 data.synthetic.doc_length_min=16384 model.max_position_embeddings=131072)
 # 256K on CP 2: 128K tokens per GPU, the per-GPU load of 1M tokens on 8 GPUs.
 S3=(recipes/bench/llama3_8b_512k.yaml train.seq_length=262144 parallel.context_parallel_size=2
-    train.global_batch_size=2 train.train_iters=5 data.synthetic.doc_length_max=262144
+    train.global_batch_size=2 train.train_iters=4 data.synthetic.doc_length_max=262144
     data.synthetic.doc_length_median=98304 data.synthetic.doc_length_min=32768 model.max_position_embeddings=262144)
 NO_RECOMPUTE=(parallel.recompute_granularity=null parallel.recompute_method=null parallel.recompute_num_layers=null)
 SELECTIVE_MLP=(parallel.recompute_granularity=selective parallel.recompute_method=null
@@ -36,17 +37,18 @@ OFFLOAD_INPUTS=(parallel.fine_grained_activation_offloading=true "parallel.offlo
 TP1_CP2=(parallel.tensor_model_parallel_size=1 parallel.context_parallel_size=2)
 # Data-parallel balancing on 2 GPUs: 8 layers fit one GPU each; 16 samples per global batch.
 DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_parallel_size=1
-     "${NO_RECOMPUTE[@]}" train.global_batch_size=16 train.train_iters=8)
+     "${NO_RECOMPUTE[@]}" train.global_batch_size=16 train.train_iters=6)
 
 STAGE1=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_tp_comm_overlap s1_fp8_baseline s1_fp8_selective_mlp
         profile_s1)
-STAGE2=(s2_baseline s2_p2p s2_selective_offload s3_256k_optimizer_offload dp2_balanced dp2_in_order profile_s2)
+STAGE2=(s2_baseline s2_p2p s2_fp8 dp2_balanced dp2_in_order profile_s2 s3_256k_optimizer_offload
+        layers4_document_vs_stock s2_selective_offload)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
      s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
      s1_fp8_tp_overlap s1_fp8_selective_tp_overlap s1_offload_selective
      s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_p2p s2_all_gather s2_a2a_p2p
-     s2_selective_offload s2_block_30 s2_tp2 s3_256k s3_256k_optimizer_offload s3_256k_tp2
+     s2_fp8 s2_selective_offload s2_block_30 s2_tp2 s3_256k s3_256k_optimizer_offload s3_256k_tp2
      dp2_balanced dp2_in_order layers4_document_vs_stock profile_s1 profile_s2 profile_s3)
 
 record() {  # DRY_RUN: note the case for validation and prediction at the end
@@ -98,6 +100,7 @@ run_case() {
         s2_baseline)            bench "$1" 2 2 "${S2[@]}" ;;
         s2_p2p)                 bench "$1" 2 2 "${S2[@]}" parallel.cp_comm_type=p2p ;;
         s2_all_gather)          bench "$1" 2 2 "${S2[@]}" parallel.cp_comm_type=all_gather ;;
+        s2_fp8)                 bench "$1" 2 2 "${S2[@]}" precision.fp8=hybrid ;;
         s2_a2a_p2p)             bench "$1" 2 2 "${S2[@]}" parallel.cp_comm_type=a2a+p2p "parallel.hierarchical_context_parallel_sizes=[1,2]" ;;
         s2_selective_offload)   bench "$1" 2 2 "${S2[@]}" "${SELECTIVE_MLP[@]}" "${OFFLOAD_INPUTS[@]}" ;;
         s2_block_30)            bench "$1" 2 2 "${S2[@]}" parallel.recompute_method=block parallel.recompute_num_layers=30 ;;
@@ -107,8 +110,8 @@ run_case() {
         s3_256k_optimizer_offload) bench "$1" 2 2 "${S3[@]}" optimizer.optimizer_cpu_offload=true ;;
         s3_256k_tp2)            bench "$1" 2 2 "${S3[@]}" parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=1 ;;
         # Item 3: the same samples per global batch, dealt to the 2 ranks balanced or in order.
-        dp2_balanced)           bench "$1" 2 3 "${DP2[@]}" data.balance_data_parallel=true ;;
-        dp2_in_order)           bench "$1" 2 3 "${DP2[@]}" data.balance_data_parallel=false ;;
+        dp2_balanced)           bench "$1" 2 2 "${DP2[@]}" data.balance_data_parallel=true ;;
+        dp2_in_order)           bench "$1" 2 2 "${DP2[@]}" data.balance_data_parallel=false ;;
         # The 1-GPU row of the baseline table, now with its command recorded.
         layers4_document_vs_stock)  # --stock adds the same run with train.reset_attention_mask=false
             STOCK=--stock bench "$1" 1 3 recipes/bench/llama3_8b_64k.yaml model.num_layers=4 \
