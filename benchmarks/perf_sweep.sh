@@ -42,10 +42,10 @@ DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_p
 STAGE1=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_tp_comm_overlap s1_fp8_baseline s1_fp8_selective_mlp
         profile_s1)
 STAGE2=(s2_baseline s2_p2p s2_fp8 dp2_balanced dp2_in_order profile_s2 s3_256k_optimizer_offload
-        layers4_document_vs_stock s2_selective_offload)
+        layers4_document_vs_stock s1_selective27_tp_overlap s2_selective_offload)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
-     s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
+     s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_selective27_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
      s1_fp8_tp_overlap s1_fp8_selective_tp_overlap s1_offload_selective
      s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_p2p s2_all_gather s2_a2a_p2p
      s2_fp8 s2_selective_offload s2_block_30 s2_tp2 s3_256k s3_256k_optimizer_offload s3_256k_tp2
@@ -87,6 +87,9 @@ run_case() {
         s1_cp2_p2p_selective)   bench "$1" 2 3 "${S1[@]}" "${TP1_CP2[@]}" parallel.cp_comm_type=p2p "${SELECTIVE_MLP[@]}" ;;
         s1_tp_comm_overlap)     CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" parallel.tp_comm_overlap=true ;;
         s1_selective_tp_overlap) CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" parallel.tp_comm_overlap=true ;;
+        # selective recompute in 27 of the 32 layers: the 5 others keep their MLP activations (what memory allows)
+        s1_selective27_tp_overlap) bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" parallel.selective_recompute_num_layers=27 \
+                                    parallel.tp_comm_overlap=true ;;
         s1_fp8_baseline)        bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid ;;
         s1_fp8_selective_mlp)   bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid "${SELECTIVE_MLP[@]}" ;;
         s1_fp8_tp_overlap)      CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid parallel.tp_comm_overlap=true ;;

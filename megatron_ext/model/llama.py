@@ -133,7 +133,7 @@ def build_gpt_model(recipe: Recipe, config=None):
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=spec,
         vocab_size=padded_vocab_size(recipe),
@@ -148,3 +148,17 @@ def build_gpt_model(recipe: Recipe, config=None):
         rope_scaling=m.use_rope_scaling,
         rope_scaling_factor=m.rope_scaling_factor,
     )
+    limit_selective_recompute(model, recipe.parallel.selective_recompute_num_layers)
+    return model
+
+
+def limit_selective_recompute(model, num_layers) -> None:
+    """parallel.selective_recompute_num_layers: the first ``num_layers`` layers keep recomputing
+    their selected modules, the others store their activations. Megatron-Core decides this per
+    layer when it builds the layer (recompute_mlp, checkpoint_core_attention) but from one
+    config for all; turning it off afterwards is all its forward consults."""
+    if num_layers is None:
+        return
+    for layer in model.decoder.layers[num_layers:]:
+        layer.recompute_mlp = False
+        layer.self_attention.checkpoint_core_attention = False

@@ -24,7 +24,8 @@ from megatron_ext.planning.terms import GIB, Calibration
 from megatron_ext.planning.throughput import time_terms
 from megatron_ext.planning.workload import RankWork, rank_work
 
-RECOMPUTE_KEYS = ("recompute_granularity", "recompute_method", "recompute_num_layers", "recompute_modules")
+RECOMPUTE_KEYS = ("recompute_granularity", "recompute_method", "recompute_num_layers", "recompute_modules",
+                  "selective_recompute_num_layers")
 OFFLOAD_ALL_INPUTS = ["qkv_linear", "core_attn", "attn_proj"]
 
 
@@ -36,8 +37,8 @@ def with_overrides(recipe: Recipe, overrides: Dict[str, object]) -> Recipe:
     return out
 
 
-def _recompute(granularity=None, method=None, layers=None, modules=None) -> Dict[str, object]:
-    return {f"parallel.{k}": v for k, v in zip(RECOMPUTE_KEYS, (granularity, method, layers, modules))}
+def _recompute(granularity=None, method=None, layers=None, modules=None, selective_layers=None) -> Dict[str, object]:
+    return {f"parallel.{k}": v for k, v in zip(RECOMPUTE_KEYS, (granularity, method, layers, modules, selective_layers))}
 
 
 def memory_options(recipe: Recipe) -> Iterator[Dict[str, object]]:
@@ -47,6 +48,7 @@ def memory_options(recipe: Recipe) -> Iterator[Dict[str, object]]:
                   "parallel.fine_grained_activation_offloading": False, "parallel.offload_modules": []}
     recomputes = [_recompute(), _recompute("selective", modules=["mlp"]), _recompute("full", "uniform", 1)]
     recomputes += [_recompute("full", "block", n) for n in range(1, layers)]
+    recomputes += [_recompute("selective", modules=["mlp"], selective_layers=n) for n in range(1, layers)]
     for optimizer in (False, True):
         opt = {"optimizer.optimizer_cpu_offload": optimizer, "optimizer.optimizer_offload_fraction": 1.0}
         for rc in recomputes:

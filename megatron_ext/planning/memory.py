@@ -57,7 +57,7 @@ def memory_terms(recipe: Recipe, world_size: int) -> List[Term]:
     per_layer = layer_bytes(recipe)
     rc = Recompute.of(recipe)
     rerun = per_layer.recomputed_by(rc.modules)  # selective: one layer's worth is live at a time
-    stored = rc.stored_layers * (per_layer.total - rerun) - offloaded_activation_bytes(recipe)
+    stored = rc.stored_layers * per_layer.total - rc.selective_layers * rerun - offloaded_activation_bytes(recipe)
     # CP exchange buffers in units of this rank's hidden-size activations; all_gather holds
     # the whole sequence's keys and values, so its buffers grow with CP.
     hidden = micro_batch_tokens(recipe) * m.hidden_size * BF16 / tp * (cp if p.cp_comm_type == "all_gather" else 1)

@@ -80,7 +80,8 @@ class Recompute:
     stored_layers: int        # layers that keep all their activations
     live_layers: int          # layers recomputed at once in backward (their activations transient)
     rerun_layers: int         # layers whose whole forward (GEMMs + attention) runs twice
-    modules: Tuple[str, ...]  # selective: submodules whose forward runs twice in every layer
+    modules: Tuple[str, ...]  # selective: submodules whose forward runs twice ...
+    selective_layers: int = 0  # ... in this many layers (the others keep their activations)
 
     @classmethod
     def of(cls, recipe: Recipe) -> "Recompute":
@@ -92,7 +93,8 @@ class Recompute:
             n = p.recompute_num_layers
             return cls(n, layers - n, 1, n, ())
         if p.recompute_granularity == "selective":
-            return cls(0, layers, 0, 0, tuple(p.recompute_modules or ("core_attn",)))
+            return cls(0, layers, 0, 0, tuple(p.recompute_modules or ("core_attn",)),
+                       p.selective_recompute_num_layers or layers)
         return cls(0, layers, 0, 0, ())
 
     def describe(self, recipe: Recipe) -> str:
@@ -100,5 +102,6 @@ class Recompute:
         if p.recompute_granularity == "full":
             return f"full {p.recompute_method} {p.recompute_num_layers}"
         if p.recompute_granularity == "selective":
-            return "selective " + "+".join(self.modules)
+            some = f" in {self.selective_layers} of {self.stored_layers} layers" if p.selective_recompute_num_layers else ""
+            return "selective " + "+".join(self.modules) + some
         return "none"

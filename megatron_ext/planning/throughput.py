@@ -67,8 +67,8 @@ def time_terms(recipe: Recipe, world_size: int, work: RankWork, peak_tflops: flo
     mlp_fwd = 2 * 3 * h * m.ffn_hidden_size
     attention_fwd = FlopsModel.from_recipe(recipe).attention_per_pair / layers
     rc = Recompute.of(recipe)
-    rerun_gemm = rc.rerun_layers * layer_fwd + (layers * mlp_fwd if "mlp" in rc.modules else 0.0)
-    rerun_attention = rc.rerun_layers + (layers if "core_attn" in rc.modules else 0)
+    rerun_gemm = rc.rerun_layers * layer_fwd + (rc.selective_layers * mlp_fwd if "mlp" in rc.modules else 0.0)
+    rerun_attention = rc.rerun_layers + (rc.selective_layers if "core_attn" in rc.modules else 0)
     per_gpu = work.tokens / (tp * cp)
     gemm = per_gpu * (3 * layers * layer_fwd + 4 * output_fwd + rerun_gemm)
     attention = work.pairs / (tp * cp) * attention_fwd * (3 * layers + rerun_attention)
@@ -79,7 +79,7 @@ def time_terms(recipe: Recipe, world_size: int, work: RankWork, peak_tflops: flo
     ]
     tokens = micro_batch_tokens(recipe) * work.micro_batches
     if tp > 1:
-        rerun_collectives = 4 * rc.rerun_layers + (2 * layers if "mlp" in rc.modules else 0)
+        rerun_collectives = 4 * rc.rerun_layers + (2 * rc.selective_layers if "mlp" in rc.modules else 0)
         collectives = TP_COLLECTIVES_PER_LAYER * layers + rerun_collectives + 2  # + output layer
         moved = collectives * tokens * h * BF16 * (tp - 1) / tp
         terms.append(Term("TP communication", moved / GB, "tp_overlap_s_per_gb" if p.tp_comm_overlap else "tp_s_per_gb"))

@@ -21,6 +21,8 @@ def test_recompute_gives_the_same_losses_as_none(tmp_path, python_env):
     settings = {
         "none": [],
         "selective": ["parallel.recompute_granularity=selective", "parallel.recompute_modules=[core_attn,mlp]"],
+        "selective_2_of_4": ["parallel.recompute_granularity=selective", "parallel.recompute_modules=[core_attn,mlp]",
+                             "parallel.selective_recompute_num_layers=2"],
         "full_block": ["parallel.recompute_granularity=full", "parallel.recompute_method=block",
                        "parallel.recompute_num_layers=2"],
     }
@@ -32,6 +34,7 @@ def test_recompute_gives_the_same_losses_as_none(tmp_path, python_env):
         curves[name] = losses(m)
     assert len(curves["none"]) == 3
     assert curves["selective"] == curves["none"] and curves["full_block"] == curves["none"]
+    assert curves["selective_2_of_4"] == curves["none"]
 
 
 def _model_tensors(checkpoint: Path, out: Path) -> dict:
@@ -71,6 +74,10 @@ def _problems(*overrides):
      "parallel.recompute_modules: ['moe'] not among core_attn, mlp"),
     (["parallel.recompute_granularity=selective", "parallel.recompute_modules=[mlp,layernorm]"],
      "parallel.recompute_modules: ['layernorm'] not among core_attn, mlp (Transformer Engine fuses the RMSNorms"),
+    (["parallel.selective_recompute_num_layers=2"],
+     "parallel.selective_recompute_num_layers: only used with recompute_granularity=selective"),
+    (["parallel.recompute_granularity=selective", "parallel.selective_recompute_num_layers=4"],
+     "parallel.selective_recompute_num_layers: must be fewer than the 4 layers of a pipeline stage, got 4"),
     (["parallel.cpu_offloading=true", "parallel.cpu_offloading_num_layers=4"],
      "parallel.cpu_offloading_num_layers: must be in [1, model.num_layers=4), got 4"),
     (["parallel.cpu_offloading=true", "parallel.cpu_offloading_num_layers=2", "parallel.recompute_granularity=selective"],
@@ -139,3 +146,42 @@ def test_hardware_profiles_compose_with_their_stages_and_fit(tmp_path, hardware,
     dataset, _ = workload_dataset(composed, 4096)
     planner = Planner(composed, 8, memory, Calibration.load(), dataset, 989.0, batches=2)
     assert refusal(planner.evaluate({}), memory) is None
+
+
+COUNT_RECOMPUTES = """
+import sys
+import torch
+from megatron.core import tensor_parallel
+from megatron_ext.config import load_recipe
+from megatron_ext.model.llama import build_gpt_model, transformer_config
+from megatron_ext.training.distributed import initialize
+
+recipe = load_recipe(sys.argv[1], sys.argv[2:])
+initialize(recipe)
+model = build_gpt_model(recipe, transformer_config(recipe))
+calls = []
+checkpoint = tensor_parallel.checkpoint
+tensor_parallel.checkpoint = lambda function, *args, **kwargs: calls.append(function) or checkpoint(function, *args, **kwargs)
+tokens = torch.randint(0, recipe.model.vocab_size, (1, 64))
+positions = torch.arange(64).unsqueeze(0)
+causal = torch.triu(torch.ones(1, 1, 64, 64), diagonal=1).bool()  # True: masked out
+model(tokens, positions, causal, labels=tokens).sum().backward()
+print(len(calls))
+"""
+
+
+@pytest.mark.parametrize("selective_layers, expected", [("null", 8), ("1", 2)])
+def test_selective_recompute_runs_in_the_first_layers_only(selective_layers, expected, python_env):
+    """parallel.selective_recompute_num_layers: Megatron-Core checkpoints core_attn and mlp in
+    that many layers of the 4, not in every layer."""
+    import subprocess
+    import sys
+
+    env = {**python_env, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(__import__("megatron_ext.net", fromlist=["free_port"]).free_port())}
+    out = subprocess.run([sys.executable, "-c", COUNT_RECOMPUTES, *TINY_CPU, "parallel.recompute_granularity=selective",
+                          "parallel.recompute_modules=[core_attn,mlp]",
+                          f"parallel.selective_recompute_num_layers={selective_layers}"],
+                         cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == str(expected)

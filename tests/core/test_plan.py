@@ -16,6 +16,7 @@ from megatron_ext.config.schema import DomainConfig
 from megatron_ext.planning.fit import (MEMORY_TOLERANCE, THROUGHPUT_TOLERANCE, Row, compare, fit, load_rows)
 from megatron_ext.planning.layouts import Planner, refusal, with_overrides
 from megatron_ext.planning.memory import memory_terms
+from megatron_ext.planning.shape import Recompute
 from megatron_ext.planning.terms import GIB, Calibration
 from megatron_ext.planning.throughput import time_terms
 from megatron_ext.planning.workload import AssumedLengths, RankWork, workload_dataset
@@ -86,6 +87,21 @@ def test_time_terms_count_recompute_and_the_slowest_rank():
     assert terms["per micro-batch overhead"].amount == 8
     assert "TP communication" not in terms and "DP gradient reduce-scatter" not in terms
 
+
+
+def test_selective_recompute_of_some_layers_is_counted_per_layer():
+    """selective_recompute_num_layers=1 of 4: one layer's MLP activations go and its MLP forward
+    runs twice; the three others are stored like layers without recompute."""
+    selective = ["parallel.recompute_granularity=selective", "parallel.recompute_modules=[mlp]"]
+    recipes = {"none": load_recipe(TINY), "all": load_recipe(TINY, selective),
+               "one": load_recipe(TINY, [*selective, "parallel.selective_recompute_num_layers=1"])}
+    stored = {k: next(t.amount for t in memory_terms(r, 1) if t.name == "activations of stored layers")
+              for k, r in recipes.items()}
+    assert stored["one"] == pytest.approx(stored["none"] - (stored["none"] - stored["all"]) / 4)
+    work = RankWork(tokens=4096, pairs=1e7, micro_batches=1)
+    gemm = {k: next(t.amount for t in time_terms(r, 1, work, 100) if t.name == "GEMMs") for k, r in recipes.items()}
+    assert gemm["one"] - gemm["none"] == pytest.approx((gemm["all"] - gemm["none"]) / 4)
+    assert Recompute.of(recipes["one"]).describe(recipes["one"]) == "selective mlp in 1 of 4 layers"
 
 def test_the_measured_runs_are_reproduced(baseline_rows, calibration):
     results = compare(baseline_rows, calibration)
