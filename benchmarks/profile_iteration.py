@@ -51,7 +51,10 @@ def _worker(out: Path, warmup: int, train_argv: list) -> int:
         elif iteration == warmup + 1:
             torch.cuda.synchronize()
             profiler.stop()
-            _report(profiler, out, rank, kernels_from_trace, categorize)
+            run = {"label": out.name, "recipe": train_argv[0], "overrides": train_argv[1:],
+                   "gpus": int(os.environ.get("WORLD_SIZE", "1")),
+                   "profiled_iteration": warmup}  # 0-based: the global batch of the step after the warm-up
+            _report(profiler, out, rank, kernels_from_trace, categorize, run)
         return result
 
     MetricLogger.step = step
@@ -59,7 +62,7 @@ def _worker(out: Path, warmup: int, train_argv: list) -> int:
                        "checkpoint.save=null", "checkpoint.save_interval=null"])
 
 
-def _report(profiler, out: Path, rank: int, kernels_from_trace, categorize) -> None:
+def _report(profiler, out: Path, rank: int, kernels_from_trace, categorize, run: dict) -> None:
     trace = out / f"trace_rank{rank}.json"
     profiler.export_chrome_trace(str(trace))
     data = json.loads(trace.read_text())
@@ -73,13 +76,15 @@ def _report(profiler, out: Path, rank: int, kernels_from_trace, categorize) -> N
         print(f"rank {rank}: {text}", flush=True)
         return
     table = categorize(kernels)
+    split = {"window_ms": table.window_us / 1e3, "idle_ms": table.idle_us / 1e3,
+             "by_category_ms": {k: v / 1e3 for k, v in table.by_category.items()},
+             "exposed_ms": {k: v / 1e3 for k, v in table.exposed.items()}}
     (out / f"profile_rank{rank}.md").write_text(table.markdown() + "\n")
-    (out / f"profile_rank{rank}.json").write_text(json.dumps(
-        {"window_ms": table.window_us / 1e3, "idle_ms": table.idle_us / 1e3,
-         "by_category_ms": {k: v / 1e3 for k, v in table.by_category.items()},
-         "exposed_ms": {k: v / 1e3 for k, v in table.exposed.items()}}, indent=1))
+    (out / f"profile_rank{rank}.json").write_text(json.dumps(split, indent=1))
     if rank == 0:
         print(table.markdown(), flush=True)
+        # The run with its time split, as tools/plan.py --calibrate reads it (planning/profiled.py).
+        (out / "profile_row.json").write_text(json.dumps({**run, **split}, indent=1))
 
 
 def main() -> int:

@@ -3,7 +3,7 @@
 
     python tools/plan.py recipes/prolong/stage1_64k.yaml --gpus 8 --gpu-memory 140
     python tools/plan.py RECIPE [key=value ...] --gpus N --gpu-memory GiB --check   # before submitting
-    python tools/plan.py --calibrate runs.jsonl [more.jsonl] [--write]               # refit the constants
+    python tools/plan.py --calibrate runs.jsonl [more.jsonl] [profile_row.json] [--write]   # refit the constants
 
 For every TP x CP x comm-type layout it shows the fastest recompute/offload setting that fits,
 refuses the layouts that cannot run (the recipe validator's reason, or the memory they would
@@ -12,7 +12,8 @@ the recipe's own layout and exits 2 if it would not fit. Predictions come from t
 megatron_ext/planning/ with constants fitted on measured runs (rows of
 ``benchmarks/throughput.py --out``); ``--calibrate`` refits them from scratch on the rows it
 is given (a constant they do not determine returns to its prior, so pass every run that should
-count) and shows how well the planner reproduces every row. Without the recipe's prepared data
+count) and shows how well the planner reproduces every row; profiles of
+``benchmarks/profile_iteration.py`` (its ``profile_row.json``) add the measured time split. Without the recipe's prepared data
 on this machine it plans on assumed document lengths and says so; data that is here but
 refused (part missing, another tokenizer, too small for max_epochs) is an error.
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from megatron_ext.config import load_recipe  # noqa: E402
 from megatron_ext.planning.fit import compare, comparison_table, fit, load_rows  # noqa: E402
 from megatron_ext.planning.layouts import Planner, overrides_text, refusal  # noqa: E402
+from megatron_ext.planning.profiled import compare_profiles, load_profile  # noqa: E402
 from megatron_ext.planning.terms import DEFAULT_CALIBRATION, Calibration  # noqa: E402
 from megatron_ext.planning.workload import workload_dataset  # noqa: E402
 from megatron_ext.quiet import hide_unactionable_warnings  # noqa: E402
@@ -88,9 +90,12 @@ def plan(args, calibration: Calibration) -> int:
 
 
 def calibrate(args, calibration: Calibration) -> int:
-    rows = load_rows(args.calibrate)
-    fitted = fit(rows, calibration, [str(p) for p in args.calibrate])
+    rows = load_rows(p for p in args.calibrate if p.suffix != ".json")
+    profiles = [load_profile(p) for p in args.calibrate if p.suffix == ".json"]
+    fitted = fit(rows, calibration, [str(p) for p in args.calibrate], profiles)
     print(comparison_table(compare(rows, fitted)))
+    if profiles:
+        print("\n" + compare_profiles(profiles, fitted))
     changed = {k: (calibration.constants[k], v) for k, v in fitted.constants.items() if v != calibration.constants[k]}
     print("\nconstants (before -> after): " + ", ".join(f"{k} {a:.4g} -> {b:.4g}" for k, (a, b) in changed.items()))
     if args.write:
@@ -111,7 +116,8 @@ def main(argv=None) -> int:
                         help="when the recipe's data is not here: document length assumed for non-long domains")
     parser.add_argument("--check", action="store_true", help="plan only the recipe's own layout; exit 2 if it does not fit")
     parser.add_argument("--calibrate", type=Path, nargs="+", metavar="ROWS.jsonl",
-                        help="refit the constants from scratch on these runs (the others return to their priors)")
+                        help="refit the constants from scratch on these runs (the others return to their priors); "
+                             "a profile_row.json of benchmarks/profile_iteration.py adds its measured time split")
     parser.add_argument("--write", action="store_true", help="with --calibrate: save the refitted constants")
     parser.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION, help="constants file")
     args = parser.parse_intermixed_args(argv)

@@ -16,7 +16,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from megatron_ext.config import load_recipe
 from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import data_parallel_size
 from megatron_ext.planning.memory import memory_terms
+from megatron_ext.planning.profiled import ProfileRow
 from megatron_ext.planning.terms import GIB, INFORMATIVE_SHARE, Calibration, Term
 from megatron_ext.planning.throughput import time_terms
 from megatron_ext.planning.workload import RankWork, rank_work, workload_dataset
@@ -108,12 +109,14 @@ def _solve(equations: List[tuple], calibration: Calibration) -> Dict[str, float]
     return {n: float(max(v, 0.01 * calibration.priors[n]["value"])) for n, v in zip(names, x) if n in informative}
 
 
-def fit(rows: List[Row], calibration: Calibration, sources: List[str]) -> Calibration:
-    """A refit from scratch on ``rows``: the constants they determine, every other one back at
-    its prior (as ``_solve`` pulls toward the priors, not toward an earlier fit), so the result
-    rests on ``sources`` alone; to keep what earlier runs measured, fit on their rows too."""
+def fit(rows: List[Row], calibration: Calibration, sources: List[str], profiles: Sequence[ProfileRow] = ()) -> Calibration:
+    """A refit from scratch on ``rows`` (and the time split of ``profiles``): the constants they
+    determine, every other one back at its prior (as ``_solve`` pulls toward the priors, not
+    toward an earlier fit), so the result rests on ``sources`` alone; to keep what earlier runs
+    measured, fit on their rows too."""
     memory = [(r.memory_terms(), r.peak_memory_gib * GIB) for r in rows if r.fit and r.peak_memory_gib]
     time = [(r.time_terms(), r.iteration_seconds) for r in rows if r.fit and r.tokens_per_sec_per_gpu]
+    time += [(terms, seconds) for p in profiles for _, terms, seconds in p.equations()]
     solved = _solve(memory, calibration) | _solve(time, calibration)
     return Calibration(calibration.priors, calibration.reserve_gib, calibration.fragmentation, sources, solved)
 

@@ -22,6 +22,7 @@ from megatron_ext.planning.workload import RankWork
 from megatron_ext.training.metrics import FlopsModel
 
 GB = 1e9
+RECOMPUTE_GEMMS, RECOMPUTE_ATTENTION = "GEMMs (recompute)", "attention (recompute)"
 # TP collectives of one layer with sequence parallelism: forward all-gathers before the qkv
 # and fc1 GEMMs and reduce-scatters after proj and fc2; backward their duals plus the two
 # all-gathers TE repeats for the weight gradients.
@@ -70,12 +71,18 @@ def time_terms(recipe: Recipe, world_size: int, work: RankWork, peak_tflops: flo
     rerun_gemm = rc.rerun_layers * layer_fwd + (rc.selective_layers * mlp_fwd if "mlp" in rc.modules else 0.0)
     rerun_attention = rc.rerun_layers + (rc.selective_layers if "core_attn" in rc.modules else 0)
     per_gpu = work.tokens / (tp * cp)
-    gemm = per_gpu * (3 * layers * layer_fwd + 4 * output_fwd + rerun_gemm)
-    attention = work.pairs / (tp * cp) * attention_fwd * (3 * layers + rerun_attention)
+    pairs_per_gpu = work.pairs / (tp * cp)
     peak = peak_tflops * 1e12
+    gemm_constant = "gemm_fp8" if pr.fp8 else "gemm_bf16"
+    attention_constant = "attention_fp8" if pr.fp8_dot_product_attention else "attention_bf16"
+    # Forward, backward (2x the forward's FLOPs, its own efficiency) and recompute apart, as a
+    # profile separates them (profiling.py).
     terms = [
-        Term("GEMMs", gemm / peak, "gemm_fp8" if pr.fp8 else "gemm_bf16"),
-        Term("attention", attention / peak, "attention_fp8" if pr.fp8_dot_product_attention else "attention_bf16"),
+        Term("GEMMs", per_gpu * (3 * layers * layer_fwd + 4 * output_fwd) / peak, gemm_constant),
+        Term("attention", pairs_per_gpu * attention_fwd * layers / peak, attention_constant),
+        Term("attention backward", pairs_per_gpu * attention_fwd * 2 * layers / peak, attention_constant + "_backward"),
+        Term(RECOMPUTE_GEMMS, per_gpu * rerun_gemm / peak, gemm_constant),
+        Term(RECOMPUTE_ATTENTION, pairs_per_gpu * attention_fwd * rerun_attention / peak, attention_constant),
     ]
     tokens = micro_batch_tokens(recipe) * work.micro_batches
     if tp > 1:
