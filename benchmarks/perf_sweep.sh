@@ -3,18 +3,20 @@
 # setting, each as one benchmarks/throughput.py run appended to OUT/runs.jsonl (with the
 # planner's prediction next to the measurement), plus per-iteration profiles.
 #
-#   benchmarks/perf_sweep.sh OUT                 # the core cases (~60 minutes on 2xH200)
-#   benchmarks/perf_sweep.sh OUT stage1          # the core cases in two halves, each with its baseline, in order of
-#   benchmarks/perf_sweep.sh OUT stage2          #   priority (stage 1 took 24 min on 2xH200, 2026-11-30; stage 2 is
-#                                                #   estimated at ~36: its last cases wait for a later session)
+#   benchmarks/perf_sweep.sh OUT                 # the core cases: stage1 + stage2 (~60 minutes on 2xH200)
+#   benchmarks/perf_sweep.sh OUT stage1          # each group one device session, with its baseline, in order of
+#   benchmarks/perf_sweep.sh OUT stage1b         #   priority: stage1 took 26 min (2026-11-30); stage1b ~14 and
+#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~36 are estimates (what does not fit waits)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
-#   benchmarks/perf_sweep.sh OUT --queue         # the cases listed in OUT/queue, one per line, in order;
-#                                                #   append to it (or reorder what has not started) while it runs
+#   benchmarks/perf_sweep.sh OUT --queue         # the cases listed in OUT/queue, one per line, in order; append to
+#                                                #   it (or reorder what has not started) while it runs; started
+#                                                #   cases are in OUT/started.txt (a new queue needs a new OUT)
 #   benchmarks/perf_sweep.sh --list
 #   DRY_RUN=1 benchmarks/perf_sweep.sh OUT all   # no GPU: validate every case, print the planner's predictions
 #
-# Afterwards:  python tools/plan.py --calibrate reports/data/perf_2xh200_2026-11-29/baseline.jsonl OUT/runs.jsonl
+# Afterwards:  python tools/plan.py --calibrate reports/data/perf_2xh200_2026-11-29/baseline.jsonl reports/perf/2xh200.jsonl \
+#                  OUT/runs.jsonl OUT/profile_*/profile_row.json
 # shows how well the planner predicted every run, refits its constants (add --write to keep them).
 # Stage-1 cases share the baseline's command (global batch 4, 7 iterations, 3 of warm-up), so
 # they measure the very same samples; stage-2 cases likewise. A case that runs out of memory
@@ -39,13 +41,15 @@ TP1_CP2=(parallel.tensor_model_parallel_size=1 parallel.context_parallel_size=2)
 DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_parallel_size=1
      "${NO_RECOMPUTE[@]}" train.global_batch_size=16 train.train_iters=6)
 
-STAGE1=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_tp_comm_overlap s1_fp8_baseline s1_fp8_selective_mlp
-        profile_s1)
+# As measured on 2026-11-30 (one session), then what that session left to measure:
+STAGE1=(s1_baseline s1_selective_mlp s1_tp_comm_overlap s1_selective_tp_overlap s1_fp8_baseline
+        s1_fp8_selective_tp_overlap profile_s1 s1_fp8_selective_mlp)
+STAGE1B=(s1_baseline s1_default_connections s1_selective_tp_overlap s1_selective28_tp_overlap)
 STAGE2=(s2_baseline s2_p2p s2_fp8 dp2_balanced dp2_in_order profile_s2 s3_256k_optimizer_offload
-        layers4_document_vs_stock s1_selective27_tp_overlap s2_selective_offload)
+        layers4_document_vs_stock s2_selective_offload)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
-ALL=(s1_baseline s1_max_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
-     s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_selective27_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
+ALL=(s1_baseline s1_default_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
+     s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_selective28_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
      s1_fp8_tp_overlap s1_fp8_selective_tp_overlap s1_offload_selective
      s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_p2p s2_all_gather s2_a2a_p2p
      s2_fp8 s2_selective_offload s2_block_30 s2_tp2 s3_256k s3_256k_optimizer_offload s3_256k_tp2
@@ -78,7 +82,9 @@ run_case() {
     case $1 in
         # Stage 1 (64K, TP2+SP), the baseline command: 5,133 tokens/s/GPU, 81.8 GiB before.
         s1_baseline)            bench "$1" 2 3 "${S1[@]}" ;;
-        s1_max_connections)     CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" ;;
+        # CUDA's default of 8 hardware queues, as benchmark launches ran before the entry point
+        # set 1 under sequence parallelism (2026-11-30): what that default alone is worth.
+        s1_default_connections) CUDA_DEVICE_MAX_CONNECTIONS=8 bench "$1" 2 3 "${S1[@]}" ;;
         s1_selective_mlp)       bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" ;;
         s1_block_24)            bench "$1" 2 3 "${S1[@]}" parallel.recompute_method=block parallel.recompute_num_layers=24 ;;
         s1_block_16)            bench "$1" 2 3 "${S1[@]}" parallel.recompute_method=block parallel.recompute_num_layers=16 ;;
@@ -87,8 +93,9 @@ run_case() {
         s1_cp2_p2p_selective)   bench "$1" 2 3 "${S1[@]}" "${TP1_CP2[@]}" parallel.cp_comm_type=p2p "${SELECTIVE_MLP[@]}" ;;
         s1_tp_comm_overlap)     CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" parallel.tp_comm_overlap=true ;;
         s1_selective_tp_overlap) CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" parallel.tp_comm_overlap=true ;;
-        # selective recompute in 27 of the 32 layers: the 5 others keep their MLP activations (what memory allows)
-        s1_selective27_tp_overlap) bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" parallel.selective_recompute_num_layers=27 \
+        # selective recompute in 28 of the 32 layers: the 4 others keep their MLP activations (27 is
+        # predicted to fit by 2 GiB; 28 leaves 5)
+        s1_selective28_tp_overlap) bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" parallel.selective_recompute_num_layers=28 \
                                     parallel.tp_comm_overlap=true ;;
         s1_fp8_baseline)        bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid ;;
         s1_fp8_selective_mlp)   bench "$1" 2 3 "${S1[@]}" precision.fp8=hybrid "${SELECTIVE_MLP[@]}" ;;
@@ -129,17 +136,36 @@ run_case() {
 
 next_queued() {  # the first case in OUT/queue not started yet (the file may grow while the sweep runs)
     local c
-    while read -r c; do
+    while IFS= read -r c || [ -n "$c" ]; do
+        c=${c%$'\r'}
         [ -z "$c" ] && continue
         grep -qxF -- "$c" "$OUT/started.txt" 2>/dev/null || { echo "$c"; return; }
     done < "$OUT/queue"
 }
 
+run_queue() {
+    # OUT/queue.lock guards the queue: appending to it, and picking a case + marking it started.
+    # OUT/runner.lock is held by the one sweep that works the queue; a second one exits at once.
+    # It is let go under the queue lock when the queue is empty, so a case appended after that
+    # finds no runner and the appender's new sweep runs it (tools/gpu/perf_on_device.sh).
+    exec 8> "$OUT/runner.lock" 9> "$OUT/queue.lock"
+    flock -n 8 || { echo "a sweep already works $OUT/queue"; exit 0; }
+    local c
+    while :; do
+        flock 9
+        c=$(next_queued)
+        if [ -z "$c" ]; then flock -u 8; flock -u 9; return 0; fi
+        echo "$c" >> "$OUT/started.txt"
+        flock -u 9
+        run_case "$c" 8>&- 9>&- || echo "$c (unknown case)" >> "$OUT/failed.txt"  # a typo must not end the session
+    done
+}
+
 if [ "${1:-}" = "--list" ]; then
-    echo "stage1: ${STAGE1[*]}"; echo "stage2: ${STAGE2[*]}"; echo "all:  ${ALL[*]}"; exit 0
+    echo "stage1: ${STAGE1[*]}"; echo "stage1b: ${STAGE1B[*]}"; echo "stage2: ${STAGE2[*]}"; echo "all:  ${ALL[*]}"; exit 0
 fi
 if [ $# -lt 1 ]; then
-    echo "usage: $0 OUT [core|stage1|stage2|all|--queue|CASE ...]   ($0 --list)" >&2; exit 2
+    echo "usage: $0 OUT [core|stage1|stage1b|stage2|all|--queue|CASE ...]   ($0 --list)" >&2; exit 2
 fi
 OUT=$1; shift
 mkdir -p "$OUT/logs"
@@ -148,24 +174,23 @@ if [ ${#cases[@]} -eq 0 ] || [ "${cases[0]}" = core ]; then
     cases=("${CORE[@]}")
 elif [ "${cases[0]}" = stage1 ]; then
     cases=("${STAGE1[@]}")
+elif [ "${cases[0]}" = stage1b ]; then
+    cases=("${STAGE1B[@]}")
 elif [ "${cases[0]}" = stage2 ]; then
     cases=("${STAGE2[@]}")
 elif [ "${cases[0]}" = all ]; then
     cases=("${ALL[@]}")
 fi
-rm -f "$OUT/dry_run.jsonl"
 if [ "${cases[0]:-}" = --queue ]; then
     [ -f "$OUT/queue" ] || { echo "$OUT/queue: no such file (one case per line)" >&2; exit 2; }
-    while c=$(next_queued) && [ -n "$c" ]; do
-        echo "$c" >> "$OUT/started.txt"
-        run_case "$c" || echo "$c (unknown case)" >> "$OUT/failed.txt"  # a typo in the queue must not end the session
-    done
+    run_queue
 else
+    rm -f "$OUT/dry_run.jsonl"  # (a queue's runs add to it)
     for c in "${cases[@]}"; do
         run_case "$c" || exit 2
     done
 fi
-if [ -n "${DRY_RUN:-}" ]; then
+if [ -n "${DRY_RUN:-}" ] && [ -f "$OUT/dry_run.jsonl" ]; then
     # Every case's recipe must be valid for its GPU count; show what the planner expects.
     python - "$OUT/dry_run.jsonl" <<'PY'
 import json, sys, warnings

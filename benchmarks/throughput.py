@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from megatron_ext.config import load_recipe  # noqa: E402
 from megatron_ext.net import free_port  # noqa: E402
+from megatron_ext.training.cuda_env import cuda_env_defaults  # noqa: E402
 from megatron_ext.training.metrics import peak_tflops  # noqa: E402
 
 # Launch settings that change speed or memory, recorded with every row.
@@ -78,7 +79,8 @@ def run(recipe: str, overrides: list, nproc: int, warmup: int, log_dir: Path, la
     row = {
         "label": label, "recipe": recipe, "overrides": overrides, "gpus": nproc, "warmup": warmup,
         "device": device, "peak_tflops": peak_tflops(r, device) or 989.0,
-        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+        # What the ranks ran with: the launch's settings and the defaults the entry point adds.
+        "env": {**{k: os.environ[k] for k in ENV_KEYS if k in os.environ}, **cuda_env_defaults(r, dict(os.environ))},
         "tp": p.tensor_model_parallel_size, "cp": p.context_parallel_size,
         "dp": nproc // (p.tensor_model_parallel_size * p.context_parallel_size),
         "cp_comm_type": p.cp_comm_type, "recompute": p.recompute_granularity, "fp8": r.precision.fp8,

@@ -80,7 +80,7 @@ class ParallelConfig:
     # its RMSNorm: most of a layer's activations, no attention recomputed), core_attn
     # (attention; TE's fused attention saves little there). null = Megatron's default, [core_attn].
     recompute_modules: Optional[List[str]] = text(None)  # names checked in validate.py
-    # Selective recompute in the first N layers (of each pipeline stage) only; the others keep
+    # Selective recompute in the first N layers only; the others keep
     # their activations. null = every layer, as in Megatron-Core, whose recompute_modules apply
     # to all layers alike: this uses the memory that leaves free (reports/performance.md).
     selective_recompute_num_layers: Optional[int] = number(None, ge=1, le=4096)

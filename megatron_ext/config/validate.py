@@ -275,12 +275,11 @@ def _check_memory_and_overlap(r: Recipe, problems: List[str]) -> None:
     on_cpu = r.train.device == "cpu"
     no_te = "needs Transformer Engine on GPUs; train.device is cpu"
     if p.selective_recompute_num_layers is not None:
-        stage_layers = r.model.num_layers // p.pipeline_model_parallel_size
         if p.recompute_granularity != "selective":
             problems.append("parallel.selective_recompute_num_layers: only used with recompute_granularity=selective")
-        elif p.selective_recompute_num_layers >= stage_layers:
-            problems.append(f"parallel.selective_recompute_num_layers: must be fewer than the {stage_layers} layers of "
-                            f"a pipeline stage, got {p.selective_recompute_num_layers} (null: every layer)")
+        elif p.selective_recompute_num_layers >= r.model.num_layers:
+            problems.append(f"parallel.selective_recompute_num_layers: must be fewer than model.num_layers="
+                            f"{r.model.num_layers}, got {p.selective_recompute_num_layers} (null: every layer)")
     if p.recompute_modules is not None:
         if p.recompute_granularity != "selective":
             problems.append("parallel.recompute_modules: only used with recompute_granularity=selective")

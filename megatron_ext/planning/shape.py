@@ -102,6 +102,6 @@ class Recompute:
         if p.recompute_granularity == "full":
             return f"full {p.recompute_method} {p.recompute_num_layers}"
         if p.recompute_granularity == "selective":
-            some = f" in {self.selective_layers} of {self.stored_layers} layers" if p.selective_recompute_num_layers else ""
+            some = f" in {self.selective_layers} of {recipe.model.num_layers} layers" if p.selective_recompute_num_layers else ""
             return "selective " + "+".join(self.modules) + some
         return "none"

@@ -6,9 +6,10 @@ torchrun and benchmark launches too. A value the user set always wins."""
 from __future__ import annotations
 
 import os
-from typing import Dict, MutableMapping
+from typing import TYPE_CHECKING, Dict, MutableMapping
 
-from megatron_ext.config.schema import Recipe
+if TYPE_CHECKING:
+    from megatron_ext.config.schema import Recipe
 
 ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
 MAX_CONNECTIONS = "CUDA_DEVICE_MAX_CONNECTIONS"

@@ -77,7 +77,7 @@ def _problems(*overrides):
     (["parallel.selective_recompute_num_layers=2"],
      "parallel.selective_recompute_num_layers: only used with recompute_granularity=selective"),
     (["parallel.recompute_granularity=selective", "parallel.selective_recompute_num_layers=4"],
-     "parallel.selective_recompute_num_layers: must be fewer than the 4 layers of a pipeline stage, got 4"),
+     "parallel.selective_recompute_num_layers: must be fewer than model.num_layers=4, got 4"),
     (["parallel.cpu_offloading=true", "parallel.cpu_offloading_num_layers=4"],
      "parallel.cpu_offloading_num_layers: must be in [1, model.num_layers=4), got 4"),
     (["parallel.cpu_offloading=true", "parallel.cpu_offloading_num_layers=2", "parallel.recompute_granularity=selective"],

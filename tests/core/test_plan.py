@@ -93,7 +93,6 @@ def test_time_terms_count_recompute_and_the_slowest_rank():
     assert "TP communication" not in terms and "DP gradient reduce-scatter" not in terms
 
 
-
 def test_selective_recompute_of_some_layers_is_counted_per_layer():
     """selective_recompute_num_layers=1 of 4: one layer's MLP activations go and its MLP forward
     runs twice; the three others are stored like layers without recompute."""
@@ -108,6 +107,7 @@ def test_selective_recompute_of_some_layers_is_counted_per_layer():
             for k, r in recipes.items()}
     assert gemm["one"] - gemm["none"] == pytest.approx((gemm["all"] - gemm["none"]) / 4)
     assert Recompute.of(recipes["one"]).describe(recipes["one"]) == "selective mlp in 1 of 4 layers"
+
 
 def test_the_measured_runs_are_reproduced(baseline_rows, calibration):
     results = compare(baseline_rows, calibration)
@@ -263,7 +263,7 @@ def test_every_sweep_case_is_a_valid_recipe(tmp_path, python_env):
 def test_sweep_queue_runs_listed_cases_in_order_and_survives_a_typo(tmp_path, python_env):
     """perf_sweep.sh --queue: a device session's queue, extended while it runs; an unknown name
     is listed as failed and the cases after it still run."""
-    (tmp_path / "queue").write_text("s1_selective_tp_overlap\n\nnot_a_case\ns1_baseline\n")
+    (tmp_path / "queue").write_text("s1_selective_tp_overlap\r\n\nnot_a_case\ns1_baseline")  # CRLF, no final newline
     out = subprocess.run(["bash", "benchmarks/perf_sweep.sh", str(tmp_path), "--queue"], cwd=REPO, capture_output=True,
                          text=True, env={**python_env, "DRY_RUN": "1"}, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -282,13 +282,8 @@ def test_device_sweep_queue_extends_a_running_sweep_and_packs_results(tmp_path, 
     first = subprocess.run([*script, "queue", "s1_baseline", "s1_selective_mlp"], capture_output=True, text=True, env=env)
     second = subprocess.run([*script, "queue", "s1_tp_comm_overlap"], capture_output=True, text=True, env=env)
     assert first.returncode == second.returncode == 0 and "started" in first.stdout, first.stdout + second.stdout
-    started = tmp_path / "perf/started.txt"
-    for _ in range(600):
-        if "s1_tp_comm_overlap" in (started.read_text() if started.exists() else "") and \
-                not subprocess.run(["pgrep", "-f", f"perf_sweep.sh {tmp_path / 'perf'} --queue"]).returncode == 0:
-            break
-        time.sleep(0.1)
-    assert started.read_text().split() == ["s1_baseline", "s1_selective_mlp", "s1_tp_comm_overlap"]
+    _wait_for_the_sweep(tmp_path / "perf", 3)
+    assert (tmp_path / "perf/started.txt").read_text().split() == ["s1_baseline", "s1_selective_mlp", "s1_tp_comm_overlap"]
     row = {"label": "s1_baseline", "gpus": 2, "tp": 2, "cp": 1, "dp": 1, "seq_length": 65536, "document_masking": True,
            "tokens_per_sec_per_gpu": 5133.0, "tflops_per_gpu": 374.5, "mfu": 0.379, "iteration_time_s": 25.5,
            "peak_memory_gib": 81.8}
@@ -339,3 +334,32 @@ def test_a_profile_separates_gemm_from_attention_efficiency(tmp_path, calibratio
     both = fit(rows, calibration, ["made up"], [profile])
     for name in (*split, "tp_s_per_gb"):
         assert both.constants[name] == pytest.approx(truth.constants[name], rel=0.03), name
+
+
+def _wait_for_the_sweep(root: Path, cases: int) -> None:
+    """Until `cases` cases have started and no sweep holds the queue any more."""
+    started = root / "started.txt"
+    for _ in range(600):
+        done = started.exists() and len(started.read_text().split()) >= cases
+        if done and subprocess.run(["flock", "-n", str(root / "runner.lock"), "true"]).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the sweep did not finish: {started.read_text() if started.exists() else 'nothing started'}")
+
+
+def test_device_sweep_queue_runs_every_case_once_when_queued_at_once(tmp_path, python_env):
+    """Queue calls at the same moment (and while the sweep ends): every case runs, and only once,
+    by one sweep at a time."""
+    env = {**python_env, "DRY_RUN": "1", "PERF_ROOT": str(tmp_path / "perf"), "PYTHON": sys.executable}
+    cases = ["s1_baseline", "s1_selective_mlp", "s1_tp_comm_overlap", "s1_fp8_baseline", "s2_baseline", "s2_p2p"]
+    script = ["bash", str(REPO / "tools/gpu/perf_on_device.sh"), "queue"]
+    calls = [subprocess.Popen([*script, c], env=env, stdout=subprocess.DEVNULL) for c in cases[:4]]
+    assert all(call.wait() == 0 for call in calls)
+    time.sleep(1.0)  # the sweep is working (or has finished) the first four
+    calls = [subprocess.Popen([*script, c], env=env, stdout=subprocess.DEVNULL) for c in cases[4:]]
+    assert all(call.wait() == 0 for call in calls)
+    _wait_for_the_sweep(tmp_path / "perf", len(cases))
+    started = (tmp_path / "perf/started.txt").read_text().split()
+    assert sorted(started) == sorted(cases), started
+    recorded = [json.loads(line)["label"] for line in (tmp_path / "perf/dry_run.jsonl").read_text().splitlines()]
+    assert sorted(recorded) == sorted(cases)      # each run once, none by two sweeps
