@@ -56,8 +56,11 @@ def memory_terms(recipe: Recipe, world_size: int) -> List[Term]:
     offload = optimizer_offload_fraction(recipe)
     per_layer = layer_bytes(recipe)
     rc = Recompute.of(recipe)
-    rerun = per_layer.recomputed_by(rc.modules)  # selective: one layer's worth is live at a time
+    rerun = per_layer.recomputed_by(rc.modules)
     stored = rc.stored_layers * per_layer.total - rc.selective_layers * rerun - offloaded_activation_bytes(recipe)
+    # Selective: one layer's re-run is live at a time, on top of every stored layer only when the
+    # last layer recomputes; with the first N only, backward has freed the layers above by then.
+    live_rerun = rerun if rc.selective_layers == rc.stored_layers else 0.0
     # CP exchange buffers in units of this rank's hidden-size activations; all_gather holds
     # the whole sequence's keys and values, so its buffers grow with CP.
     hidden = micro_batch_tokens(recipe) * m.hidden_size * BF16 / tp * (cp if p.cp_comm_type == "all_gather" else 1)
@@ -69,7 +72,7 @@ def memory_terms(recipe: Recipe, world_size: int) -> List[Term]:
         Term("checkpointed layer inputs", rc.checkpoints * per_layer.hidden),
         # Two constants for the same tensors: the measured runs so far recompute every layer, so
         # they pin down what one recomputed layer holds, not yet what stored layers add up to.
-        Term("activations of recomputed layers", rc.live_layers * per_layer.total + rerun, "activation_scale"),
+        Term("activations of recomputed layers", rc.live_layers * per_layer.total + live_rerun, "activation_scale"),
         Term("activations of stored layers", stored, "stored_activation_scale"),
         Term(f"CP {p.cp_comm_type} buffers", hidden if cp > 1 else 0.0, f"cp_{p.cp_comm_type}_buffers"),
         Term("output layer + loss", output_layer_bytes(recipe)),

@@ -102,6 +102,10 @@ def test_selective_recompute_of_some_layers_is_counted_per_layer():
     stored = {k: next(t.amount for t in memory_terms(r, 1) if t.name == "activations of stored layers")
               for k, r in recipes.items()}
     assert stored["one"] == pytest.approx(stored["none"] - (stored["none"] - stored["all"]) / 4)
+    # A re-run is live on top of every stored layer only when the last layer recomputes.
+    live = {k: next(t.amount for t in memory_terms(r, 1) if t.name == "activations of recomputed layers")
+            for k, r in recipes.items()}
+    assert live["one"] == live["none"] == 0 and live["all"] == pytest.approx((stored["none"] - stored["all"]) / 4)
     work = RankWork(tokens=4096, pairs=1e7, micro_batches=1)
     gemm = {k: next(t.amount for t in time_terms(r, 1, work, 100) if t.name == "GEMMs (recompute)")
             for k, r in recipes.items()}
