@@ -20,16 +20,13 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from megatron_ext.config import load_recipe
 from megatron_ext.config.schema import Recipe
-from megatron_ext.config.validate import data_parallel_size
 from megatron_ext.planning.memory import memory_terms
 from megatron_ext.planning.profiled import ProfileRow
 from megatron_ext.planning.terms import GIB, INFORMATIVE_SHARE, Calibration, Term
 from megatron_ext.planning.throughput import time_terms
-from megatron_ext.planning.workload import RankWork, rank_work, workload_dataset
+from megatron_ext.planning.workload import RankWork, run_work
 
-REPO = Path(__file__).resolve().parents[2]
 MEMORY_TOLERANCE, THROUGHPUT_TOLERANCE = 0.10, 0.15
 PRIOR_WEIGHT = 1e-3
 
@@ -77,12 +74,9 @@ def load_rows(paths: Iterable[Path]) -> List[Row]:
 def measured_row(data: dict) -> Row:
     """A row of benchmarks/throughput.py with the run's recipe and the work of its measured
     iterations rebuilt; measurements absent (or an out-of-memory run): None."""
-    recipe = load_recipe(REPO / data["recipe"], data.get("overrides", []), world_size=data["gpus"])
-    dataset, _ = workload_dataset(recipe)
-    dp = data_parallel_size(recipe, data["gpus"])
-    measured = range(data.get("warmup", 0), recipe.train.train_iters)
+    recipe, works = run_work(data)
     oom = data.get("oom", False)
-    return Row(label=data["label"], recipe=recipe, gpus=data["gpus"], works=rank_work(recipe, dataset, dp, measured),
+    return Row(label=data["label"], recipe=recipe, gpus=data["gpus"], works=works,
                tokens_per_sec_per_gpu=None if oom else data.get("tokens_per_sec_per_gpu"),
                peak_memory_gib=None if oom else data.get("peak_memory_gib"), peak_tflops=data.get("peak_tflops", 989.0),
                fit=data.get("fit", True), note=data.get("note", ""))

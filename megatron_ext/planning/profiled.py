@@ -17,13 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from megatron_ext.config import load_recipe
-from megatron_ext.config.validate import data_parallel_size
 from megatron_ext.planning.terms import Calibration, Term
 from megatron_ext.planning.throughput import RECOMPUTE_ATTENTION, RECOMPUTE_GEMMS, time_terms
-from megatron_ext.planning.workload import rank_work, workload_dataset
-
-REPO = Path(__file__).resolve().parents[2]
+from megatron_ext.planning.workload import run_work
 # (group, measured categories, exposed time only, planner terms: a name ending in a space is a prefix)
 GROUPS: Tuple[Tuple[str, Tuple[str, ...], bool, Tuple[str, ...]], ...] = (
     ("GEMMs and elementwise", ("GEMMs", "other kernels"), False, ("GEMMs",)),
@@ -57,10 +53,8 @@ class ProfileRow:
 
 def load_profile(path: Path) -> ProfileRow:
     data = json.loads(Path(path).read_text())
-    recipe = load_recipe(REPO / data["recipe"], data.get("overrides", []), world_size=data["gpus"])
-    dataset, _ = workload_dataset(recipe)
     iteration = data["profiled_iteration"]  # 0-based: the global batch the profiled step trained on
-    work = rank_work(recipe, dataset, data_parallel_size(recipe, data["gpus"]), range(iteration, iteration + 1))[0]
+    recipe, (work,) = run_work(data, range(iteration, iteration + 1))
     return ProfileRow(data.get("label", Path(path).parent.name), time_terms(recipe, data["gpus"], work,
                       data.get("peak_tflops", 989.0)), data["by_category_ms"], data.get("exposed_ms", {}))
 

@@ -15,12 +15,17 @@ import contextlib
 import io
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
 
+from megatron_ext.config import load_recipe
 from megatron_ext.config.schema import Recipe
+from megatron_ext.config.validate import data_parallel_size
 from megatron_ext.data.sample import SampleDataset
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -97,3 +102,13 @@ def rank_work(recipe: Recipe, dataset: SampleDataset, dp: int, batches: range) -
         pairs, n = max(per_rank)
         out.append(RankWork(tokens=n * t.seq_length, pairs=pairs, micro_batches=n // t.micro_batch_size))
     return out
+
+
+def run_work(run: dict, iterations: Optional[range] = None) -> Tuple[Recipe, List[RankWork]]:
+    """The recipe of a measured run (a benchmark or profile row: recipe path relative to the
+    repository, overrides, GPUs) and the work of ``iterations`` (default: those after its warm-up)."""
+    recipe = load_recipe(REPO / run["recipe"], run.get("overrides", []), world_size=run["gpus"])
+    dataset, _ = workload_dataset(recipe)
+    if iterations is None:
+        iterations = range(run.get("warmup", 0), recipe.train.train_iters)
+    return recipe, rank_work(recipe, dataset, data_parallel_size(recipe, run["gpus"]), iterations)

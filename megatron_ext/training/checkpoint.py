@@ -115,8 +115,9 @@ def plan_start(recipe: Recipe) -> StartPlan:
         if path is not None:
             common, _ = _checked_common_state(path, resume_remedy)
             if "train_state" not in common:  # every training checkpoint of this project has one
-                remedy = ("instead of checkpoint.load" if c.load else "and another checkpoint.save")
-                raise CheckpointError(f"{'checkpoint.load' if c.load else 'checkpoint.save'}: {path} is not a training "
+                key, remedy = (("checkpoint.load", "instead of checkpoint.load") if c.load
+                               else ("checkpoint.save", "and another checkpoint.save"))
+                raise CheckpointError(f"{key}: {path} is not a training "
                                       f"checkpoint of this project (imported, or saved by Megatron-LM): to start from "
                                       f"its weights, set checkpoint.pretrained_checkpoint={resume_from} {remedy}")
             note = check_resume(common["recipe"], recipe, str(path)) if "recipe" in common else None
