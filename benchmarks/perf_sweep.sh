@@ -6,7 +6,7 @@
 #   benchmarks/perf_sweep.sh OUT                 # the core cases: stage1 + stage2 (~60 minutes on 2xH200)
 #   benchmarks/perf_sweep.sh OUT stage1          # each group one device session, with its baseline, in order of
 #   benchmarks/perf_sweep.sh OUT stage1b         #   priority: stage1 took 26 min (2026-11-30); stage1b ~14 and
-#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~36 are estimates (what does not fit waits)
+#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~26 (first 6 cases) are estimates (what does not fit waits)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
 #   benchmarks/perf_sweep.sh OUT --queue         # the cases listed in OUT/queue, one per line, in order; append to
@@ -28,9 +28,10 @@ S1=(recipes/bench/llama3_8b_64k.yaml train.global_batch_size=4 train.train_iters
 S2=(recipes/bench/llama3_8b_512k.yaml train.seq_length=131072 parallel.context_parallel_size=2
     train.global_batch_size=2 train.train_iters=6 data.synthetic.doc_length_max=131072
     data.synthetic.doc_length_median=49152 data.synthetic.doc_length_min=16384 model.max_position_embeddings=131072)
-# 256K on CP 2: 128K tokens per GPU, the per-GPU load of 1M tokens on 8 GPUs.
+# 256K on CP 2: 128K tokens per GPU, the per-GPU load of 1M tokens on 8 GPUs (~2.3 min an iteration:
+# one of warm-up, two measured).
 S3=(recipes/bench/llama3_8b_512k.yaml train.seq_length=262144 parallel.context_parallel_size=2
-    train.global_batch_size=2 train.train_iters=4 data.synthetic.doc_length_max=262144
+    train.global_batch_size=2 train.train_iters=3 data.synthetic.doc_length_max=262144
     data.synthetic.doc_length_median=98304 data.synthetic.doc_length_min=32768 model.max_position_embeddings=262144)
 NO_RECOMPUTE=(parallel.recompute_granularity=null parallel.recompute_method=null parallel.recompute_num_layers=null)
 SELECTIVE_MLP=(parallel.recompute_granularity=selective parallel.recompute_method=null
@@ -39,13 +40,13 @@ OFFLOAD_INPUTS=(parallel.fine_grained_activation_offloading=true "parallel.offlo
 TP1_CP2=(parallel.tensor_model_parallel_size=1 parallel.context_parallel_size=2)
 # Data-parallel balancing on 2 GPUs: 8 layers fit one GPU each; 16 samples per global batch.
 DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_parallel_size=1
-     "${NO_RECOMPUTE[@]}" train.global_batch_size=16 train.train_iters=6)
+     "${NO_RECOMPUTE[@]}" train.global_batch_size=16 train.train_iters=5)
 
 # As measured on 2026-11-30 (one session), then what that session left to measure:
 STAGE1=(s1_baseline s1_selective_mlp s1_tp_comm_overlap s1_selective_tp_overlap s1_fp8_baseline
         s1_fp8_selective_tp_overlap profile_s1 s1_fp8_selective_mlp)
 STAGE1B=(s1_baseline s1_default_connections s1_selective_tp_overlap s1_selective28_tp_overlap)
-STAGE2=(s2_baseline s2_p2p s2_fp8 dp2_balanced dp2_in_order profile_s2 s3_256k_optimizer_offload
+STAGE2=(s2_baseline s2_p2p dp2_in_order dp2_balanced s3_256k_optimizer_offload profile_s2 s2_fp8
         layers4_document_vs_stock s2_selective_offload)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_default_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
@@ -116,9 +117,9 @@ run_case() {
         s2_block_30)            bench "$1" 2 2 "${S2[@]}" parallel.recompute_method=block parallel.recompute_num_layers=30 ;;
         s2_tp2)                 bench "$1" 2 2 "${S2[@]}" parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=1 ;;
         # 256K on CP2.
-        s3_256k)                bench "$1" 2 2 "${S3[@]}" ;;
-        s3_256k_optimizer_offload) bench "$1" 2 2 "${S3[@]}" optimizer.optimizer_cpu_offload=true ;;
-        s3_256k_tp2)            bench "$1" 2 2 "${S3[@]}" parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=1 ;;
+        s3_256k)                bench "$1" 2 1 "${S3[@]}" ;;
+        s3_256k_optimizer_offload) bench "$1" 2 1 "${S3[@]}" optimizer.optimizer_cpu_offload=true ;;
+        s3_256k_tp2)            bench "$1" 2 1 "${S3[@]}" parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=1 ;;
         # Item 3: the same samples per global batch, dealt to the 2 ranks balanced or in order.
         dp2_balanced)           bench "$1" 2 2 "${DP2[@]}" data.balance_data_parallel=true ;;
         dp2_in_order)           bench "$1" 2 2 "${DP2[@]}" data.balance_data_parallel=false ;;
@@ -129,7 +130,7 @@ run_case() {
         # Item 0: where the time goes in each baseline.
         profile_s1)             profile "$1" 2 3 "${S1[@]}" ;;
         profile_s2)             profile "$1" 2 2 "${S2[@]}" ;;
-        profile_s3)             profile "$1" 2 2 "${S3[@]}" optimizer.optimizer_cpu_offload=true ;;
+        profile_s3)             profile "$1" 2 1 "${S3[@]}" optimizer.optimizer_cpu_offload=true ;;
         *) echo "unknown case $1 (benchmarks/perf_sweep.sh --list)" >&2; return 2 ;;
     esac
 }
