@@ -34,6 +34,7 @@ from typing import List, Optional
 from megatron_ext.config import RecipeError, Recipe, load_recipe, to_yaml
 from megatron_ext.launch_env import LaunchError, make_output_folders, rank_env
 from megatron_ext.training.checkpoint_files import CheckpointError
+from megatron_ext.training.cuda_env import cuda_env_defaults
 
 EXIT_STOPPED_EARLY = 3
 EXIT_USER_ERROR = 2
@@ -52,10 +53,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def train(recipe: Recipe) -> int:
-    from megatron_ext.training.cuda_env import cuda_env_defaults
-
-    cuda_env_defaults(recipe)  # read when CUDA initializes: before anything (even an import) touches it
-
     import torch
     from megatron.core import parallel_state
     from megatron.core.distributed import finalize_model_grads
@@ -189,6 +186,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_ext.quiet import hide_unactionable_warnings
 
     hide_unactionable_warnings()
+    # Read when CUDA initializes: before anything touches it (selecting the GPU does).
+    cuda_env_defaults(recipe)
     try:
         if recipe.train.preflight:
             from megatron_ext.preflight import preflight

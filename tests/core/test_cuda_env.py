@@ -1,9 +1,11 @@
 """The training entry point's CUDA environment defaults: set unless the user chose, before CUDA starts."""
 
-import inspect
+import os
 
 from megatron_ext import train as entry_point
 from megatron_ext.config import load_recipe
+from megatron_ext.launch_env import LaunchError
+from megatron_ext.training import distributed
 from megatron_ext.training.cuda_env import ALLOC_CONF, MAX_CONNECTIONS, cuda_env_defaults
 
 TP2 = load_recipe("recipes/prolong/stage1_64k.yaml")                 # TP 2 with sequence parallelism
@@ -25,8 +27,17 @@ def test_the_users_setting_wins():
     assert env == {ALLOC_CONF: "max_split_size_mb:512", MAX_CONNECTIONS: "8"}
 
 
-def test_train_sets_them_before_anything_else():
-    """Before any statement or import that could initialize CUDA (it reads both then)."""
-    lines = [line.strip() for line in inspect.getsource(entry_point.train).splitlines()[1:] if line.strip()]
-    others = [i for i, line in enumerate(lines) if "import cuda_env_defaults" not in line]
-    assert lines[others[0]].startswith("cuda_env_defaults(recipe)")
+def test_set_before_the_gpu_is_selected(monkeypatch):
+    """Selecting the GPU initializes CUDA, which reads both: set later, they did nothing
+    (2xH200 p2p run out of memory with 20 GiB stranded, expandable segments not in effect)."""
+    seen = {}
+
+    def select_gpu(local_rank):
+        seen.update({key: os.environ.get(key) for key in (ALLOC_CONF, MAX_CONNECTIONS)})
+        raise LaunchError("stopped where CUDA would start")
+
+    monkeypatch.setattr(distributed, "select_gpu", select_gpu)
+    for key in (ALLOC_CONF, MAX_CONNECTIONS):
+        monkeypatch.delenv(key, raising=False)
+    assert entry_point.main(["tiny/prolong_stage1.yaml", "train.device=cuda", "parallel.tensor_model_parallel_size=1"]) == 2
+    assert seen == {ALLOC_CONF: "expandable_segments:True", MAX_CONNECTIONS: None}
