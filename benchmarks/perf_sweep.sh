@@ -6,7 +6,7 @@
 #   benchmarks/perf_sweep.sh OUT                 # the core cases: stage1 + stage2 (~60 minutes on 2xH200)
 #   benchmarks/perf_sweep.sh OUT stage1          # each group one device session, with its baseline, in order of
 #   benchmarks/perf_sweep.sh OUT stage1b         #   priority: stage1 took 26 min (2026-11-30); stage1b ~14 and
-#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~26 (first 6 cases) are estimates (what does not fit waits)
+#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~21 (first 4 cases) are estimates (what does not fit waits)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
 #   benchmarks/perf_sweep.sh OUT --queue         # the cases listed in OUT/queue, one per line, in order; append to
@@ -46,8 +46,8 @@ DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_p
 STAGE1=(s1_baseline s1_selective_mlp s1_tp_comm_overlap s1_selective_tp_overlap s1_fp8_baseline
         s1_fp8_selective_tp_overlap profile_s1 s1_fp8_selective_mlp)
 STAGE1B=(s1_baseline s1_default_connections s1_selective_tp_overlap s1_selective28_tp_overlap)
-STAGE2=(s2_baseline s2_p2p dp2_in_order dp2_balanced s3_256k_optimizer_offload profile_s2 s2_fp8
-        layers4_document_vs_stock s2_selective_offload)
+# Measured 2026-11-30 (second session): s2_baseline s2_p2p dp2_in_order dp2_balanced. Left:
+STAGE2=(s2_baseline s2_fp8 s3_256k_optimizer_offload profile_s2 layers4_document_vs_stock s2_selective_offload)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_default_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
      s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_selective28_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
