@@ -37,16 +37,21 @@ def _worker(out: Path, warmup: int, train_argv: list) -> int:
     from megatron_ext.training.metrics import MetricLogger
 
     rank = int(os.environ.get("RANK", "0"))
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    profiler = torch.profiler.profile(activities=activities, record_shapes=True)
     logged = MetricLogger.step
+    # Made once training runs: CUDA must not start before the entry point has set its
+    # environment defaults (megatron_ext/training/cuda_env.py), and the profiler's CUDA
+    # activity could start it.
+    profiler = None
 
     def step(self, iteration, *args, **kwargs):
+        nonlocal profiler
         result = logged(self, iteration, *args, **kwargs)
         if iteration == warmup:
             torch.cuda.synchronize()
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            profiler = torch.profiler.profile(activities=activities, record_shapes=True)
             profiler.start()
         elif iteration == warmup + 1:
             torch.cuda.synchronize()
