@@ -1,15 +1,15 @@
 # shellcheck shell=bash
-# NCCL / CUDA / Transformer Engine settings of every launch: the one place for them (sourced
-# by slurm/launch.sh). A value already set, e.g. by the site env file, wins. Settings that
-# depend on the cluster's network (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) belong in the site env file.
+# NCCL settings of every Slurm launch (sourced by slurm/launch.sh). A value already set, e.g. by
+# the site env file, wins. Settings that depend on the cluster's network (NCCL_SOCKET_IFNAME,
+# NCCL_IB_HCA, ...) belong in the site env file.
+#
+# Not here: the allocator (PYTORCH_CUDA_ALLOC_CONF) and CUDA_DEVICE_MAX_CONNECTIONS depend on the
+# recipe and are set by the training entry point itself (megatron_ext/training/cuda_env.py), so
+# that Slurm, torchrun and benchmark launches run with the same, measured settings.
+# TORCH_NCCL_AVOID_RECORD_STREAMS is not set either: PyTorch has made its behaviour the default
+# and warns that the variable is deprecated (and in NGC PyTorch 25.04 it changed point-to-point
+# communication, with wrong losses reported by Megatron-LM users).
 
-# Megatron-Core: with tensor/sequence parallelism, the communication kernels must be issued in
-# order on one hardware queue to overlap with the GEMMs.
-export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
-# Free the memory of NCCL's inputs when the collective ends instead of through record_stream.
-export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
-# Long sequences allocate activations of many sizes: growable segments keep fragmentation down.
-export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 # Warnings and errors only; INFO when debugging a hang or the topology.
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 # Timeouts. A collective that never completes (a rank died, a link failed) ends the job after

@@ -3,7 +3,7 @@
 #   slurm/launch.sh [--nodes N] [--tasks-per-node N] -- COMMAND [ARGS ...]
 # 1. the Python environment: PYTHON_ENV=venv (VENV_DIR) | conda (CONDA_ENV) | container
 #    (CONTAINER_IMAGE, CONTAINER_MOUNTS; pyxis/enroot) | none (python3 as found, e.g. PYTHONPATH set);
-# 2. NCCL / CUDA / Transformer Engine settings: slurm/gpu_env.sh;
+# 2. NCCL settings: slurm/gpu_env.sh (CUDA's depend on the recipe: the entry point sets them);
 # 3. the rendezvous: MASTER_ADDR = first node of the allocation, MASTER_PORT from the job id;
 # 4. LAUNCHER=srun (default): N tasks per node (default: the job's --ntasks-per-node), each
 #    reading its rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID;
@@ -93,7 +93,8 @@ if (( ${#container[@]} )); then
                          compgen -e | grep -E '^(NCCL|TORCH_NCCL|NVTE)_')
     set_names=()
     for name in MASTER_ADDR MASTER_PORT MEGATRON_EXT_REPO PYTHONPATH PYTHONUNBUFFERED OMP_NUM_THREADS \
-                TQDM_DISABLE HF_HUB_DISABLE_PROGRESS_BARS "${names[@]}"; do
+                TQDM_DISABLE HF_HUB_DISABLE_PROGRESS_BARS PYTORCH_CUDA_ALLOC_CONF CUDA_DEVICE_MAX_CONNECTIONS \
+                "${names[@]}"; do
         [[ -z ${!name+set} ]] || set_names+=("$name")
     done
     container+=(--container-env="$(IFS=,; echo "${set_names[*]}")")

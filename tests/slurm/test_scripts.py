@@ -54,12 +54,26 @@ def test_launch_names_the_container_per_job_and_passes_our_variables_into_it(tmp
     (tmp_path / "srun").chmod(0o755)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, "PATH": f"{tmp_path}:{os.environ['PATH']}",
            "PYTHON_ENV": "container", "CONTAINER_IMAGE": "nvcr.io#nvidia/pytorch:25.04-py3", "SLURM_JOB_ID": "4242",
-           "MASTER_ADDR": "node1", "NCCL_SOCKET_IFNAME": "ib0"}
+           "MASTER_ADDR": "node1", "NCCL_SOCKET_IFNAME": "ib0", "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
     out = subprocess.run([str(REPO / "slurm" / "launch.sh"), "--", "python3", "-V"], cwd=REPO, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     options = out.stdout.splitlines()
     assert "--container-name=megatron-ext-4242" in options and "--export=ALL" in options
     passed = next(o for o in options if o.startswith("--container-env=")).split("=", 1)[1].split(",")
-    assert {"PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "CUDA_DEVICE_MAX_CONNECTIONS", "NCCL_IB_TIMEOUT",
-            "NCCL_SOCKET_IFNAME"} <= set(passed)
+    assert {"PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "NCCL_IB_TIMEOUT", "NCCL_SOCKET_IFNAME",
+            "PYTORCH_CUDA_ALLOC_CONF"} <= set(passed)   # the user's allocator setting wins over the image's
+
+
+def test_slurm_sets_nothing_the_entry_point_decides():
+    """The CUDA settings that depend on the recipe come from the entry point for every kind of
+    launch (megatron_ext/training/cuda_env.py); gpu_env.sh used to fix them for Slurm jobs only
+    (one hardware queue even for CP-only stage 2, which no benchmark measured), and set the
+    deprecated TORCH_NCCL_AVOID_RECORD_STREAMS."""
+    keys = ["PYTORCH_CUDA_ALLOC_CONF", "CUDA_DEVICE_MAX_CONNECTIONS", "TORCH_NCCL_AVOID_RECORD_STREAMS"]
+    env = {k: v for k, v in os.environ.items() if k not in keys}
+    out = subprocess.run(["bash", "-c", "source slurm/gpu_env.sh && env"], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True)
+    exported = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    assert exported["NCCL_IB_TIMEOUT"] == "22"
+    assert [k for k in keys if k in exported] == []
