@@ -6,7 +6,7 @@
 #   benchmarks/perf_sweep.sh OUT                 # the core cases: stage1 + stage2 (~60 minutes on 2xH200)
 #   benchmarks/perf_sweep.sh OUT stage1          # each group one device session, with its baseline, in order of
 #   benchmarks/perf_sweep.sh OUT stage1b         #   priority: stage1 took 26 min (2026-11-30); stage1b ~14 and
-#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~21 (first 4 cases) are estimates (what does not fit waits)
+#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~25 (first 5 cases) are estimates (what does not fit waits)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
 #   benchmarks/perf_sweep.sh OUT --queue         # the cases listed in OUT/queue, one per line, in order; append to
@@ -47,12 +47,13 @@ STAGE1=(s1_baseline s1_selective_mlp s1_tp_comm_overlap s1_selective_tp_overlap 
         s1_fp8_selective_tp_overlap profile_s1 s1_fp8_selective_mlp)
 STAGE1B=(s1_baseline s1_default_connections s1_selective_tp_overlap s1_selective28_tp_overlap)
 # Measured 2026-11-30 (second session): s2_baseline s2_p2p dp2_in_order dp2_balanced. Left:
-STAGE2=(s2_baseline s2_fp8 s3_256k_optimizer_offload profile_s2 layers4_document_vs_stock s2_selective_offload)
+STAGE2=(s2_baseline s2_default_connections s2_fp8 s3_256k_optimizer_offload profile_s2 layers4_document_vs_stock
+        s2_selective_offload)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_default_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
      s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_selective28_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
      s1_fp8_tp_overlap s1_fp8_selective_tp_overlap s1_offload_selective
-     s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_p2p s2_all_gather s2_a2a_p2p
+     s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_default_connections s2_p2p s2_all_gather s2_a2a_p2p
      s2_fp8 s2_selective_offload s2_block_30 s2_tp2 s3_256k s3_256k_optimizer_offload s3_256k_tp2
      dp2_balanced dp2_in_order layers4_document_vs_stock profile_s1 profile_s2 profile_s3)
 
@@ -109,6 +110,9 @@ run_case() {
         s1_dp2_overlap)         bench "$1" 2 3 "${S1[@]}" parallel.tensor_model_parallel_size=1 parallel.overlap_param_gather=true ;;
         # Stage-2 proxy (128K, CP2 a2a): 3,487 tokens/s/GPU, 119.1 GiB before; p2p ran out of memory.
         s2_baseline)            bench "$1" 2 2 "${S2[@]}" ;;
+        # CUDA's default of 8 hardware queues, as the 2026-11-30 stage-2 rows ran (the entry point
+        # now sets 1 under CP too, as Megatron-LM requires before Blackwell).
+        s2_default_connections) CUDA_DEVICE_MAX_CONNECTIONS=8 bench "$1" 2 2 "${S2[@]}" ;;
         s2_p2p)                 bench "$1" 2 2 "${S2[@]}" parallel.cp_comm_type=p2p ;;
         s2_all_gather)          bench "$1" 2 2 "${S2[@]}" parallel.cp_comm_type=all_gather ;;
         s2_fp8)                 bench "$1" 2 2 "${S2[@]}" precision.fp8=hybrid ;;

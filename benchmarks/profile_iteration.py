@@ -102,6 +102,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3, help="iterations before the profiled one")
     parser.add_argument("--out", type=Path, required=True, help="folder for traces and tables")
     args = parser.parse_intermixed_args()
+    if args.warmup < 1:  # the profiler starts when a warm-up iteration has been logged
+        parser.error("--warmup: at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
     cmd = ["torchrun", f"--nproc-per-node={args.nproc}", f"--master-port={free_port()}", __file__, "--worker",
            str(args.out.resolve()), str(args.warmup), args.recipe, *args.overrides, "logging.progress_bar=false"]

@@ -187,7 +187,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     hide_unactionable_warnings()
     # Read when CUDA initializes: before anything touches it (selecting the GPU does).
-    cuda_env_defaults(recipe)
+    settings = cuda_env_defaults(recipe)
+    if rank == 0 and recipe.train.device == "cuda":  # the run's log says what it ran with
+        print("CUDA settings: " + " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
     try:
         if recipe.train.preflight:
             from megatron_ext.preflight import preflight

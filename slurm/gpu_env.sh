@@ -1,14 +1,17 @@
 # shellcheck shell=bash
-# NCCL settings of every Slurm launch (sourced by slurm/launch.sh). A value already set, e.g. by
-# the site env file, wins. Settings that depend on the cluster's network (NCCL_SOCKET_IFNAME,
-# NCCL_IB_HCA, ...) belong in the site env file.
+# NCCL / CUDA settings of every Slurm GPU job (sourced by slurm/launch.sh). A value already set,
+# e.g. by the site env file, wins. Settings that depend on the cluster's network
+# (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) belong in the site env file.
 #
-# Not here: the allocator (PYTORCH_CUDA_ALLOC_CONF) and CUDA_DEVICE_MAX_CONNECTIONS depend on the
-# recipe and are set by the training entry point itself (megatron_ext/training/cuda_env.py), so
-# that Slurm, torchrun and benchmark launches run with the same, measured settings.
-# TORCH_NCCL_AVOID_RECORD_STREAMS is not set either: PyTorch has made its behaviour the default
-# and warns that the variable is deprecated (and in NGC PyTorch 25.04 it changed point-to-point
-# communication, with wrong losses reported by Megatron-LM users).
+# Not here: CUDA_DEVICE_MAX_CONNECTIONS depends on the recipe and is set by the training entry
+# point itself (megatron_ext/training/cuda_env.py), so that Slurm, torchrun and benchmark
+# launches run with the same, measured settings. Nor TORCH_NCCL_AVOID_RECORD_STREAMS: PyTorch
+# has made its behaviour the default and warns that the variable is deprecated (in NGC PyTorch
+# 25.04 it changed point-to-point communication: Megatron-LM issue 1586, wrong losses).
+
+# Long sequences allocate activations of many sizes: growable segments keep fragmentation down
+# (training sets the same itself; evaluation and conversion jobs get it from here).
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 
 # Warnings and errors only; INFO when debugging a hang or the topology.
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}

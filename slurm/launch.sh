@@ -93,7 +93,7 @@ if (( ${#container[@]} )); then
                          compgen -e | grep -E '^(NCCL|TORCH_NCCL|NVTE)_')
     set_names=()
     for name in MASTER_ADDR MASTER_PORT MEGATRON_EXT_REPO PYTHONPATH PYTHONUNBUFFERED OMP_NUM_THREADS \
-                TQDM_DISABLE HF_HUB_DISABLE_PROGRESS_BARS PYTORCH_CUDA_ALLOC_CONF CUDA_DEVICE_MAX_CONNECTIONS \
+                TQDM_DISABLE HF_HUB_DISABLE_PROGRESS_BARS CUDA_DEVICE_MAX_CONNECTIONS \
                 "${names[@]}"; do
         [[ -z ${!name+set} ]] || set_names+=("$name")
     done

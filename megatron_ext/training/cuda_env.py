@@ -1,7 +1,8 @@
 """CUDA environment defaults for training, applied before CUDA initializes (both are read then).
 
-The Slurm launcher (slurm/gpu_env.sh) sets the same defaults; setting them here covers
-torchrun and benchmark launches too. A value the user set always wins."""
+The one place for them, for every kind of launch (Slurm, torchrun, benchmarks), so that what
+runs is what was measured; slurm/gpu_env.sh sets only the allocator's, for its GPU jobs that
+are not training (evaluation, conversion). A value the user set always wins."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 
 ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
 MAX_CONNECTIONS = "CUDA_DEVICE_MAX_CONNECTIONS"
+GROWABLE_SEGMENTS = "expandable_segments:True"
 
 
 def cuda_env_defaults(recipe: Recipe, environ: MutableMapping[str, str] = os.environ) -> Dict[str, str]:
@@ -22,11 +24,12 @@ def cuda_env_defaults(recipe: Recipe, environ: MutableMapping[str, str] = os.env
       (every micro-batch holds other document lengths); with fixed-size segments the cache
       fragments until a step fails with memory reserved but unallocated (2xH200, 128K CP2
       p2p: out of memory with 19 GiB so stranded).
-    - One hardware work queue under sequence parallelism: Megatron-Core and Transformer Engine
-      rely on it to start a TP collective before the GEMM it overlaps (TE's userbuffers for
-      parallel.tp_comm_overlap too); without it they warn and the overlap is not guaranteed."""
-    in_effect = {ALLOC_CONF: environ.setdefault(ALLOC_CONF, "expandable_segments:True")}
+    - One hardware work queue under tensor or context parallelism: Megatron-Core and Transformer
+      Engine rely on it to start a TP/CP exchange before the computation it overlaps (TE's
+      userbuffers for parallel.tp_comm_overlap too); Megatron-LM requires it for TP > 1 or
+      CP > 1 on GPUs before Blackwell. Data parallelism alone keeps CUDA's default."""
+    in_effect = {ALLOC_CONF: environ.setdefault(ALLOC_CONF, GROWABLE_SEGMENTS)}
     p = recipe.parallel
-    if p.tensor_model_parallel_size > 1 and p.sequence_parallel:
+    if p.tensor_model_parallel_size > 1 or p.context_parallel_size > 1:
         in_effect[MAX_CONNECTIONS] = environ.setdefault(MAX_CONNECTIONS, "1")
     return in_effect

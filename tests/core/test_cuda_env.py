@@ -5,11 +5,12 @@ import os
 from megatron_ext import train as entry_point
 from megatron_ext.config import load_recipe
 from megatron_ext.launch_env import LaunchError
-from megatron_ext.training import distributed
+from megatron_ext.training import distributed, signals
 from megatron_ext.training.cuda_env import ALLOC_CONF, MAX_CONNECTIONS, cuda_env_defaults
 
 TP2 = load_recipe("recipes/prolong/stage1_64k.yaml")                 # TP 2 with sequence parallelism
-CP8 = load_recipe("recipes/prolong/stage2_512k.yaml")                # TP 1
+CP8 = load_recipe("recipes/prolong/stage2_512k.yaml")                # TP 1, CP 8
+DP = load_recipe("recipes/tiny/prolong_stage1.yaml", ["parallel.tensor_model_parallel_size=1"])
 
 
 def test_defaults_follow_the_recipe():
@@ -18,7 +19,10 @@ def test_defaults_follow_the_recipe():
     assert env == {ALLOC_CONF: "expandable_segments:True", MAX_CONNECTIONS: "1"}
     env = {}
     cuda_env_defaults(CP8, env)
-    assert env == {ALLOC_CONF: "expandable_segments:True"}   # no TP collectives to order
+    assert env == {ALLOC_CONF: "expandable_segments:True", MAX_CONNECTIONS: "1"}   # CP exchanges too
+    env = {}
+    cuda_env_defaults(DP, env)
+    assert env == {ALLOC_CONF: "expandable_segments:True"}   # nothing to order
 
 
 def test_the_users_setting_wins():
@@ -37,7 +41,11 @@ def test_set_before_the_gpu_is_selected(monkeypatch):
         raise LaunchError("stopped where CUDA would start")
 
     monkeypatch.setattr(distributed, "select_gpu", select_gpu)
-    for key in (ALLOC_CONF, MAX_CONNECTIONS):
-        monkeypatch.delenv(key, raising=False)
+    # In this process: no signal handlers left behind, and every variable main() sets restored.
+    monkeypatch.setattr(signals, "watch", lambda: None)
+    monkeypatch.setattr(signals, "die_with_launcher", lambda: None)
+    for key in (ALLOC_CONF, MAX_CONNECTIONS, "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     assert entry_point.main(["tiny/prolong_stage1.yaml", "train.device=cuda", "parallel.tensor_model_parallel_size=1"]) == 2
     assert seen == {ALLOC_CONF: "expandable_segments:True", MAX_CONNECTIONS: None}

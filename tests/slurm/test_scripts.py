@@ -13,6 +13,8 @@ from pathlib import Path
 
 from train_runner import TINY_CPU, finish
 
+from megatron_ext.training.cuda_env import ALLOC_CONF, GROWABLE_SEGMENTS, MAX_CONNECTIONS
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted([*(REPO / "slurm").rglob("*.sh"), *(REPO / "slurm").glob("*.sbatch"),
                   REPO / "tools" / "gpu" / "launch_without_slurm.sh"])
@@ -54,7 +56,7 @@ def test_launch_names_the_container_per_job_and_passes_our_variables_into_it(tmp
     (tmp_path / "srun").chmod(0o755)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, "PATH": f"{tmp_path}:{os.environ['PATH']}",
            "PYTHON_ENV": "container", "CONTAINER_IMAGE": "nvcr.io#nvidia/pytorch:25.04-py3", "SLURM_JOB_ID": "4242",
-           "MASTER_ADDR": "node1", "NCCL_SOCKET_IFNAME": "ib0", "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
+           "MASTER_ADDR": "node1", "NCCL_SOCKET_IFNAME": "ib0", MAX_CONNECTIONS: "8"}
     out = subprocess.run([str(REPO / "slurm" / "launch.sh"), "--", "python3", "-V"], cwd=REPO, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -62,18 +64,18 @@ def test_launch_names_the_container_per_job_and_passes_our_variables_into_it(tmp
     assert "--container-name=megatron-ext-4242" in options and "--export=ALL" in options
     passed = next(o for o in options if o.startswith("--container-env=")).split("=", 1)[1].split(",")
     assert {"PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "NCCL_IB_TIMEOUT", "NCCL_SOCKET_IFNAME",
-            "PYTORCH_CUDA_ALLOC_CONF"} <= set(passed)   # the user's allocator setting wins over the image's
+            ALLOC_CONF, MAX_CONNECTIONS} <= set(passed)   # ours and the user's win over the image's
 
 
 def test_slurm_sets_nothing_the_entry_point_decides():
     """The CUDA settings that depend on the recipe come from the entry point for every kind of
-    launch (megatron_ext/training/cuda_env.py); gpu_env.sh used to fix them for Slurm jobs only
-    (one hardware queue even for CP-only stage 2, which no benchmark measured), and set the
-    deprecated TORCH_NCCL_AVOID_RECORD_STREAMS."""
-    keys = ["PYTORCH_CUDA_ALLOC_CONF", "CUDA_DEVICE_MAX_CONNECTIONS", "TORCH_NCCL_AVOID_RECORD_STREAMS"]
+    launch (megatron_ext/training/cuda_env.py); gpu_env.sh used to fix one hardware queue for
+    every Slurm job (data-parallel ones too, which no benchmark measured so), and set the
+    deprecated TORCH_NCCL_AVOID_RECORD_STREAMS. The allocator's is the same in both places."""
+    keys = [ALLOC_CONF, MAX_CONNECTIONS, "TORCH_NCCL_AVOID_RECORD_STREAMS"]
     env = {k: v for k, v in os.environ.items() if k not in keys}
     out = subprocess.run(["bash", "-c", "source slurm/gpu_env.sh && env"], cwd=REPO, env=env,
                          capture_output=True, text=True, check=True)
     exported = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-    assert exported["NCCL_IB_TIMEOUT"] == "22"
-    assert [k for k in keys if k in exported] == []
+    assert exported["NCCL_IB_TIMEOUT"] == "22" and exported[ALLOC_CONF] == GROWABLE_SEGMENTS
+    assert [k for k in keys[1:] if k in exported] == []
