@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from megatron_ext.config import RecipeError, find_recipe, load_recipe  # noqa: E402
 from megatron_ext.net import free_port  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def _worker(out: Path, warmup: int, train_argv: list) -> int:
         elif iteration == warmup + 1:
             torch.cuda.synchronize()
             profiler.stop()
-            run = {"label": out.name, "recipe": train_argv[0], "overrides": train_argv[1:],
+            run = {"label": out.name, "recipe": _as_recorded(Path(train_argv[0])), "overrides": train_argv[1:],
                    "gpus": int(os.environ.get("WORLD_SIZE", "1")),
                    "profiled_iteration": warmup}  # 0-based: the global batch of the step after the warm-up
             _report(profiler, out, rank, kernels_from_trace, categorize, run)
@@ -65,6 +66,12 @@ def _worker(out: Path, warmup: int, train_argv: list) -> int:
     MetricLogger.step = step
     return train.main([*train_argv, f"train.train_iters={warmup + 1}", "train.exit_after_iters=null",
                        "checkpoint.save=null", "checkpoint.save_interval=null"])
+
+
+def _as_recorded(recipe: Path) -> str:
+    """Relative to the repository, as benchmark rows name recipes (the planner reads them on
+    other machines)."""
+    return str(recipe.relative_to(REPO)) if recipe.is_relative_to(REPO) else str(recipe)
 
 
 def _report(profiler, out: Path, rank: int, kernels_from_trace, categorize, run: dict) -> None:
@@ -102,11 +109,16 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3, help="iterations before the profiled one")
     parser.add_argument("--out", type=Path, required=True, help="folder for traces and tables")
     args = parser.parse_intermixed_args()
-    if args.warmup < 1:  # the profiler starts when a warm-up iteration has been logged
-        parser.error("--warmup: at least 1")
+    if args.nproc < 1 or args.warmup < 1:  # the profiler starts when a warm-up iteration has been logged
+        parser.error("--nproc and --warmup must be at least 1")
+    try:  # before launching: a bad key or layout is one line here, not a traceback per rank
+        recipe_file = find_recipe(args.recipe).resolve()
+        load_recipe(recipe_file, args.overrides, world_size=args.nproc)
+    except RecipeError as e:
+        parser.exit(2, f"error: {e}\n")
     args.out.mkdir(parents=True, exist_ok=True)
     cmd = ["torchrun", f"--nproc-per-node={args.nproc}", f"--master-port={free_port()}", __file__, "--worker",
-           str(args.out.resolve()), str(args.warmup), args.recipe, *args.overrides, "logging.progress_bar=false"]
+           str(args.out.resolve()), str(args.warmup), str(recipe_file), *args.overrides, "logging.progress_bar=false"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(cmd, cwd=REPO, env=env).returncode
 

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megatron_ext.config import load_recipe  # noqa: E402
+from megatron_ext.config import RecipeError, find_recipe, load_recipe  # noqa: E402
 from megatron_ext.net import free_port  # noqa: E402
 from megatron_ext.training.cuda_env import cuda_env_defaults  # noqa: E402
 from megatron_ext.training.metrics import peak_tflops  # noqa: E402
@@ -67,13 +67,14 @@ def _prediction(row: dict) -> dict:
 def run(recipe: str, overrides: list, nproc: int, warmup: int, log_dir: Path, label: str) -> dict:
     metrics = log_dir / f"{label}.jsonl"
     metrics.unlink(missing_ok=True)
+    recipe_file = find_recipe(recipe).resolve()  # as named from here (the ranks run in REPO)
     cmd = ["torchrun", f"--nproc-per-node={nproc}", f"--master-port={free_port()}", "-m", "megatron_ext.train",
-           recipe, *overrides, f"logging.metrics_jsonl={metrics}", "logging.progress_bar=false"]
+           str(recipe_file), *overrides, f"logging.metrics_jsonl={metrics}", "logging.progress_bar=false"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open(log_dir / f"{label}.log", "w") as log:
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    r = load_recipe(REPO / recipe, overrides, world_size=nproc)
+    r = load_recipe(recipe_file, overrides, world_size=nproc)
     p, t = r.parallel, r.train
     device = _device_name()
     row = {
@@ -133,10 +134,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="append the results (JSON lines) here")
     parser.add_argument("--log-dir", type=Path, default=Path(tempfile.gettempdir()) / "megatron_ext_bench")
     args = parser.parse_intermixed_args()
-    args.log_dir.mkdir(parents=True, exist_ok=True)
+    if args.nproc < 1 or args.warmup < 0:
+        parser.error("--nproc must be at least 1 and --warmup at least 0")
     runs = [(args.label, args.overrides)]
     if args.stock:
         runs.append(("stock causal", [*args.overrides, "train.reset_attention_mask=false"]))
+    try:  # before launching: a bad key or layout is one line here, not a traceback per rank
+        for _, overrides in runs:
+            load_recipe(find_recipe(args.recipe), overrides, world_size=args.nproc)
+    except RecipeError as e:
+        parser.exit(2, f"error: {e}\n")
+    args.log_dir.mkdir(parents=True, exist_ok=True)
     rows = [run(args.recipe, overrides, args.nproc, args.warmup, args.log_dir, label) for label, overrides in runs]
     if args.out:
         with open(args.out, "a") as f:

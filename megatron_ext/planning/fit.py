@@ -65,9 +65,14 @@ class Row:
 def load_rows(paths: Iterable[Path]) -> List[Row]:
     rows = []
     for path in paths:
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
                 rows.append(measured_row(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as e:  # a RecipeError is a ValueError
+                raise ValueError(f"{path}, line {number}: not a row of benchmarks/throughput.py --out "
+                                 f"({type(e).__name__}: {e})") from e
     return rows
 
 

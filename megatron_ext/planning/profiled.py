@@ -52,11 +52,15 @@ class ProfileRow:
 
 
 def load_profile(path: Path) -> ProfileRow:
-    data = json.loads(Path(path).read_text())
-    iteration = data["profiled_iteration"]  # 0-based: the global batch the profiled step trained on
-    recipe, (work,) = run_work(data, range(iteration, iteration + 1))
-    return ProfileRow(data.get("label", Path(path).parent.name), time_terms(recipe, data["gpus"], work,
-                      data.get("peak_tflops", 989.0)), data["by_category_ms"], data.get("exposed_ms", {}))
+    try:
+        data = json.loads(Path(path).read_text())
+        iteration = data["profiled_iteration"]  # 0-based: the global batch the profiled step trained on
+        recipe, (work,) = run_work(data, range(iteration, iteration + 1))
+        return ProfileRow(data.get("label", Path(path).parent.name), time_terms(recipe, data["gpus"], work,
+                          data.get("peak_tflops", 989.0)), data["by_category_ms"], data.get("exposed_ms", {}))
+    except (ValueError, KeyError, TypeError) as e:  # a RecipeError is a ValueError
+        raise ValueError(f"{path}: not a profile_row.json of benchmarks/profile_iteration.py "
+                         f"({type(e).__name__}: {e})") from e
 
 
 def compare_profiles(profiles: List[ProfileRow], calibration: Calibration) -> str:

@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from megatron_ext.config import load_recipe
+from megatron_ext.config import find_recipe, load_recipe
 from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import data_parallel_size
 from megatron_ext.data.sample import SampleDataset
@@ -107,7 +107,9 @@ def rank_work(recipe: Recipe, dataset: SampleDataset, dp: int, batches: range) -
 def run_work(run: dict, iterations: Optional[range] = None) -> Tuple[Recipe, List[RankWork]]:
     """The recipe of a measured run (a benchmark or profile row: recipe path relative to the
     repository, overrides, GPUs) and the work of ``iterations`` (default: those after its warm-up)."""
-    recipe = load_recipe(REPO / run["recipe"], run.get("overrides", []), world_size=run["gpus"])
+    in_repo = REPO / run["recipe"]
+    recipe = load_recipe(in_repo if in_repo.is_file() else find_recipe(run["recipe"]), run.get("overrides", []),
+                         world_size=run["gpus"])
     dataset, _ = workload_dataset(recipe)
     if iterations is None:
         iterations = range(run.get("warmup", 0), recipe.train.train_iters)
