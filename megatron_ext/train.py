@@ -188,8 +188,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     hide_unactionable_warnings()
     # Read when CUDA initializes: before anything touches it (selecting the GPU does).
     settings = cuda_env_defaults(recipe)
-    if rank == 0 and recipe.train.device == "cuda":  # the run's log says what it ran with
-        print("CUDA settings: " + " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
     try:
         if recipe.train.preflight:
             from megatron_ext.preflight import preflight
@@ -200,6 +198,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             from megatron_ext.training.distributed import select_gpu
 
             select_gpu(local_rank)  # now, not after Megatron's imports: a machine without GPUs answers in seconds
+            if rank == 0:  # the run's log says what it ran with
+                print("CUDA settings: " + " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
         log = recipe.logging
         make_output_folders({"checkpoint.save": recipe.checkpoint.save, "logging.tensorboard_dir": log.tensorboard_dir,
                              "logging.metrics_jsonl": log.metrics_jsonl and str(Path(log.metrics_jsonl).parent)})
