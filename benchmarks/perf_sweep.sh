@@ -47,15 +47,15 @@ STAGE1=(s1_baseline s1_selective_mlp s1_tp_comm_overlap s1_selective_tp_overlap 
         s1_fp8_selective_tp_overlap profile_s1 s1_fp8_selective_mlp)
 STAGE1B=(s1_baseline s1_default_connections s1_selective_tp_overlap s1_selective28_tp_overlap)
 # Measured 2026-11-30 (second session): s2_baseline s2_p2p dp2_in_order dp2_balanced. Left:
-STAGE2=(s2_baseline s2_default_connections s2_fp8 s3_256k_optimizer_offload profile_s2 layers4_document_vs_stock
-        s2_selective_offload)
+STAGE2=(s2_baseline s2_default_connections s2_fp8 s3_256k_optimizer_offload profile_s2 layers2_512k_one_document
+        layers4_document_vs_stock s2_selective_offload)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_default_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
      s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_selective28_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
      s1_fp8_tp_overlap s1_fp8_selective_tp_overlap s1_offload_selective
      s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_default_connections s2_p2p s2_all_gather s2_a2a_p2p
      s2_fp8 s2_selective_offload s2_block_30 s2_tp2 s3_256k s3_256k_optimizer_offload s3_256k_tp2
-     dp2_balanced dp2_in_order layers4_document_vs_stock profile_s1 profile_s2 profile_s3)
+     dp2_balanced dp2_in_order layers4_document_vs_stock layers2_512k_one_document profile_s1 profile_s2 profile_s3)
 
 record() {  # DRY_RUN: note the case for validation and prediction at the end
     python -c 'import json, sys; a = sys.argv[1:]
@@ -131,6 +131,12 @@ run_case() {
         layers4_document_vs_stock)  # --stock adds the same run with train.reset_attention_mask=false
             STOCK=--stock bench "$1" 1 3 recipes/bench/llama3_8b_64k.yaml model.num_layers=4 \
                 parallel.tensor_model_parallel_size=1 "${NO_RECOMPUTE[@]}" train.train_iters=7 train.global_batch_size=4 ;;
+        # Attention at 512K, where stage 2's cost rests on a prediction (8-GPU machines are rarely
+        # lent): 2 layers on 1 GPU, one 512K document per sample, full recompute; the planner's
+        # attention efficiency, fitted at 64K-128K, is tested at the real stage-2 length.
+        layers2_512k_one_document)
+            bench "$1" 1 1 recipes/bench/llama3_8b_512k.yaml model.num_layers=2 parallel.context_parallel_size=1 \
+                train.global_batch_size=1 train.train_iters=3 data.synthetic.single_document_fraction=1.0 ;;
         # Item 0: where the time goes in each baseline.
         profile_s1)             profile "$1" 2 3 "${S1[@]}" ;;
         profile_s2)             profile "$1" 2 2 "${S2[@]}" ;;
