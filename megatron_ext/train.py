@@ -34,7 +34,7 @@ from typing import List, Optional
 from megatron_ext.config import RecipeError, Recipe, load_recipe, to_yaml
 from megatron_ext.launch_env import LaunchError, make_output_folders, rank_env
 from megatron_ext.training.checkpoint_files import CheckpointError
-from megatron_ext.training.cuda_env import cuda_env_defaults
+from megatron_ext.training.cuda_env import cuda_env_defaults, growable_segments_missing
 
 EXIT_STOPPED_EARLY = 3
 EXIT_USER_ERROR = 2
@@ -200,6 +200,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             select_gpu(local_rank)  # now, not after Megatron's imports: a machine without GPUs answers in seconds
             if rank == 0:  # the run's log says what it ran with
                 print("CUDA settings: " + " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
+                missing = growable_segments_missing(settings)
+                if missing:
+                    print(f"warning: {missing}", file=sys.stderr, flush=True)
         log = recipe.logging
         make_output_folders({"checkpoint.save": recipe.checkpoint.save, "logging.tensorboard_dir": log.tensorboard_dir,
                              "logging.metrics_jsonl": log.metrics_jsonl and str(Path(log.metrics_jsonl).parent)})

@@ -7,7 +7,7 @@ are not training (evaluation, conversion). A value the user set always wins."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Dict, MutableMapping
+from typing import TYPE_CHECKING, Dict, MutableMapping, Optional
 
 if TYPE_CHECKING:
     from megatron_ext.config.schema import Recipe
@@ -33,3 +33,20 @@ def cuda_env_defaults(recipe: Recipe, environ: MutableMapping[str, str] = os.env
     if p.tensor_model_parallel_size > 1 or p.context_parallel_size > 1:
         in_effect[MAX_CONNECTIONS] = environ.setdefault(MAX_CONNECTIONS, "1")
     return in_effect
+
+
+def growable_segments_missing(in_effect: Dict[str, str]) -> Optional[str]:
+    """Why growable segments, asked for, are not what the allocator read (something started CUDA
+    before the settings were made); None if they are, or if this PyTorch cannot say."""
+    import torch
+
+    read = getattr(torch._C, "_accelerator_getAllocatorSettings", None)  # not in every PyTorch
+    wanted = in_effect.get(ALLOC_CONF, "")
+    if read is None or GROWABLE_SEGMENTS.lower() not in wanted.replace(" ", "").lower():
+        return None
+    parsed = read()
+    if GROWABLE_SEGMENTS.lower() in parsed.replace(" ", "").lower():
+        return None
+    return (f"{ALLOC_CONF}={wanted} is not in effect (the allocator read {parsed!r}): CUDA started before "
+            f"megatron_ext.train set it; set it in the launch's environment instead (long sequences may run "
+            f"out of memory with memory reserved but unallocated)")

@@ -1,6 +1,10 @@
 """The training entry point's CUDA environment defaults: set unless the user chose, before CUDA starts."""
 
 import os
+import subprocess
+import sys
+
+import pytest
 
 from megatron_ext import train as entry_point
 from megatron_ext.config import load_recipe
@@ -49,3 +53,23 @@ def test_set_before_the_gpu_is_selected(monkeypatch):
         monkeypatch.delenv(key)
     assert entry_point.main(["tiny/prolong_stage1.yaml", "train.device=cuda", "parallel.tensor_model_parallel_size=1"]) == 2
     assert seen == {ALLOC_CONF: "expandable_segments:True", MAX_CONNECTIONS: None}
+
+
+@pytest.mark.parametrize("cuda_first", [False, True])
+def test_a_setting_made_too_late_is_reported(python_env, cuda_first):
+    """The allocator reads its settings once; a launcher (or wrapper) that starts CUDA before the
+    entry point gets a warning naming the variable, not a silent out-of-memory much later."""
+    import torch
+
+    if not hasattr(torch._C, "_accelerator_getAllocatorSettings"):
+        pytest.skip("this PyTorch cannot say which allocator settings it read")
+    early = "torch._C._accelerator_getAllocatorSettings()" if cuda_first else "pass"  # what starting CUDA does
+    code = (f"import torch\n{early}\nfrom megatron_ext.config import load_recipe\n"
+            "from megatron_ext.training.cuda_env import cuda_env_defaults, growable_segments_missing\n"
+            "print(growable_segments_missing(cuda_env_defaults(load_recipe('recipes/tiny/prolong_stage1.yaml'))))")
+    env = {k: v for k, v in python_env.items() if k not in (ALLOC_CONF, "PYTORCH_ALLOC_CONF")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    if cuda_first:
+        assert f"{ALLOC_CONF}=expandable_segments:True is not in effect" in out.stdout, out.stdout
+    else:
+        assert out.stdout.strip() == "None", out.stdout
