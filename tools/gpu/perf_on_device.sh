@@ -21,7 +21,7 @@ case ${1:-} in
     status)
         grep -E "^=== " "$root/sweep.log" 2>/dev/null | tail -n 1
         latest=$(ls -t "$root"/logs/*.log 2>/dev/null | head -n 1)
-        [[ -n $latest ]] && { grep -E "^iter |out of memory|Error" "$latest" | tail -n 3; }
+        [[ -n $latest ]] && { grep -E "^iter |out of memory|Error|not in effect" "$latest" | tail -n 3; }
         echo "failed: $(tr '\n' ' ' < "$root/failed.txt" 2>/dev/null)"
         if [[ -s $root/runs.jsonl ]]; then
             PYTHONPATH="${SITE:-/tmp/site}:$repo" "${PYTHON:-python3}" -c 'import json, sys
