@@ -62,16 +62,20 @@ def memory_options(recipe: Recipe) -> Iterator[Dict[str, object]]:
 
 
 def parallel_options(recipe: Recipe, gpus: int) -> Iterator[Dict[str, object]]:
-    """TP (within an 8-GPU node) x CP x CP comm type; validation weeds out what cannot work."""
+    """TP (within an 8-GPU node) x CP x CP comm type, with TP communication overlap where it
+    can apply (TP > 1, CP 1) and off elsewhere, whatever the recipe says (a hardware profile
+    turns it on for its own layout); validation weeds out what cannot work."""
     m = recipe.model
     for tp in (t for t in (1, 2, 4, 8) if t <= gpus and gpus % t == 0):
         for cp in (c for c in range(1, gpus // tp + 1) if (gpus // tp) % c == 0):
             base = {"parallel.tensor_model_parallel_size": tp, "parallel.context_parallel_size": cp,
                     # TP needs sequence parallelism here; without TP the setting does nothing
                     "parallel.sequence_parallel": tp > 1 or recipe.parallel.sequence_parallel,
-                    "parallel.hierarchical_context_parallel_sizes": None}
+                    "parallel.hierarchical_context_parallel_sizes": None, "parallel.tp_comm_overlap": False}
             if cp == 1:
                 yield {**base, "parallel.cp_comm_type": "a2a"}
+                if tp > 1:
+                    yield {**base, "parallel.cp_comm_type": "a2a", "parallel.tp_comm_overlap": True}
                 continue
             for comm in ("a2a", "p2p", "all_gather"):
                 yield {**base, "parallel.cp_comm_type": comm}
@@ -102,8 +106,9 @@ class Evaluation:
             offload.append("+".join(p.offload_modules))
         if o.optimizer_cpu_offload:
             offload.append(f"optimizer {o.optimizer_offload_fraction:g}")
+        comm = p.cp_comm_type if p.context_parallel_size > 1 else "-"
         return {"TP": str(p.tensor_model_parallel_size), "CP": str(p.context_parallel_size),
-                "comm": p.cp_comm_type if p.context_parallel_size > 1 else "-",
+                "comm": "TP overlap" if p.tp_comm_overlap else comm,  # only at CP 1
                 "recompute": Recompute.of(self.recipe).describe(self.recipe), "offload": ", ".join(offload) or "-"}
 
 

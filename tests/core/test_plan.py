@@ -208,6 +208,19 @@ def test_a_layout_that_cannot_fit_is_refused(calibration):
     assert refusal(bad, 80.0) == bad.problem
 
 
+def test_tp_overlap_is_planned_per_layout_not_taken_from_the_recipe(calibration):
+    """A recipe composed with a hardware profile that turns TP overlap on (CP 1 only) used to get
+    every CP and TP-1 layout refused for it; the overlap is now tried where it can apply."""
+    recipe = load_recipe(REPO / "recipes/prolong/stage1_64k.yaml", ["parallel.tp_comm_overlap=true"])
+    dataset, _ = workload_dataset(recipe)
+    table = Planner(recipe, 8, 140.4, calibration, dataset, 989.0, batches=2).best_per_layout()
+    assert not [e.problem for e in table if e.problem and "tp_comm_overlap" in e.problem]
+    assert any(e.recipe.parallel.context_parallel_size > 1 and e.fits for e in table)
+    tp2 = {e.recipe.parallel.tp_comm_overlap: e for e in table if e.describe()["TP"] == "2" and e.describe()["CP"] == "1"}
+    assert tp2[True].describe()["comm"] == "TP overlap" and tp2[False].describe()["comm"] == "-"
+    assert tp2[True].tokens_per_sec_per_gpu > tp2[False].tokens_per_sec_per_gpu  # the measured overlap gain
+
+
 def test_assumed_lengths_follow_the_domain_shares():
     recipe = load_recipe(REPO / "recipes/prolong/stage1_64k.yaml")
     assumed = AssumedLengths(recipe)
