@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megatron_ext.config import RecipeError, find_recipe, load_recipe  # noqa: E402
+from megatron_ext.config import Recipe, RecipeError, find_recipe, load_recipe  # noqa: E402
 from megatron_ext.net import free_port  # noqa: E402
 from megatron_ext.training.cuda_env import cuda_env_defaults  # noqa: E402
 from megatron_ext.training.metrics import peak_tflops  # noqa: E402
@@ -64,17 +64,18 @@ def _prediction(row: dict) -> dict:
             "predicted_memory_gib": round(predicted["memory_gib"], 2)}
 
 
-def run(recipe: str, overrides: list, nproc: int, warmup: int, log_dir: Path, label: str) -> dict:
+def run(recipe: str, recipe_file: Path, r: Recipe, overrides: list, nproc: int, warmup: int, log_dir: Path,
+        label: str) -> dict:
+    """One measured launch of ``recipe`` (as named in the row; ``recipe_file`` resolved, ``r``
+    loaded with ``overrides``)."""
     metrics = log_dir / f"{label}.jsonl"
     metrics.unlink(missing_ok=True)
-    recipe_file = find_recipe(recipe).resolve()  # as named from here (the ranks run in REPO)
     cmd = ["torchrun", f"--nproc-per-node={nproc}", f"--master-port={free_port()}", "-m", "megatron_ext.train",
            str(recipe_file), *overrides, f"logging.metrics_jsonl={metrics}", "logging.progress_bar=false"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open(log_dir / f"{label}.log", "w") as log:
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    r = load_recipe(recipe_file, overrides, world_size=nproc)
     p, t = r.parallel, r.train
     device = _device_name()
     row = {
@@ -140,12 +141,13 @@ def main() -> None:
     if args.stock:
         runs.append(("stock causal", [*args.overrides, "train.reset_attention_mask=false"]))
     try:  # before launching: a bad key or layout is one line here, not a traceback per rank
-        for _, overrides in runs:
-            load_recipe(find_recipe(args.recipe), overrides, world_size=args.nproc)
+        recipe_file = find_recipe(args.recipe).resolve()  # as named from here (the ranks run in REPO)
+        recipes = [load_recipe(recipe_file, overrides, world_size=args.nproc) for _, overrides in runs]
     except RecipeError as e:
         parser.exit(2, f"error: {e}\n")
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    rows = [run(args.recipe, overrides, args.nproc, args.warmup, args.log_dir, label) for label, overrides in runs]
+    rows = [run(args.recipe, recipe_file, r, overrides, args.nproc, args.warmup, args.log_dir, label)
+            for (label, overrides), r in zip(runs, recipes)]
     if args.out:
         with open(args.out, "a") as f:
             for row in rows:

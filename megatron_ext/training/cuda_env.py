@@ -40,12 +40,15 @@ def growable_segments_missing(in_effect: Dict[str, str]) -> Optional[str]:
     before the settings were made); None if they are, or if this PyTorch cannot say."""
     import torch
 
+    def asks_for_them(settings: str) -> bool:
+        return GROWABLE_SEGMENTS.lower() in settings.replace(" ", "").lower()
+
     read = getattr(torch._C, "_accelerator_getAllocatorSettings", None)  # not in every PyTorch
     wanted = in_effect.get(ALLOC_CONF, "")
-    if read is None or GROWABLE_SEGMENTS.lower() not in wanted.replace(" ", "").lower():
+    if read is None or not asks_for_them(wanted):
         return None
     parsed = read()
-    if GROWABLE_SEGMENTS.lower() in parsed.replace(" ", "").lower():
+    if asks_for_them(parsed):
         return None
     return (f"{ALLOC_CONF}={wanted} is not in effect (the allocator read {parsed!r}): CUDA started before "
             f"megatron_ext.train set it; set it in the launch's environment instead (long sequences may run "
