@@ -89,19 +89,22 @@ def loss_func(mb: MicroBatch, num_domains: int, per_token_loss: torch.Tensor):
     return loss_sum, num_tokens.int(), report
 
 
+def per_token_loss(model, mb: MicroBatch, use_te: bool) -> torch.Tensor:
+    """The model's per-token loss [b, T] of a micro-batch: document masking through THD
+    (Transformer Engine) or a dense mask (Megatron's local spec on the CPU)."""
+    if use_te:
+        extra = {"attention_mask": None, "packed_seq_params": packed_seq_params(mb) if mb.is_thd else None}
+    else:
+        extra = {"attention_mask": dense_document_mask(mb)}
+    return model(mb.tokens, mb.position_ids, labels=mb.labels, output_processor=gpt_output_processor, **extra)
+
+
 def make_forward_step(use_te: bool, num_domains: int):
     """Megatron ``forward_step_func``: the data iterator yields device-ready MicroBatches."""
 
     def forward_step(data_iterator: Iterator[MicroBatch], model):
         mb = next(data_iterator)
-        if use_te:
-            extra = {"attention_mask": None, "packed_seq_params": packed_seq_params(mb) if mb.is_thd else None}
-        else:
-            extra = {"attention_mask": dense_document_mask(mb)}
-        per_token_loss = model(
-            mb.tokens, mb.position_ids, labels=mb.labels, output_processor=gpt_output_processor, **extra
-        )
-        return per_token_loss, partial(loss_func, mb, num_domains)
+        return per_token_loss(model, mb, use_te), partial(loss_func, mb, num_domains)
 
     return forward_step
 

@@ -184,3 +184,20 @@ def test_fp8_attention_on_single_document_samples(results, env):
     save(results, "fp8_attention", summary)
     assert fp8_attention_calls > 0, "TE did not run attention in FP8"
     assert summary["tail_rel_diff"] <= FP8_RTOL, summary
+
+
+def test_512k_tokens_past_int32_offsets(results, env):
+    """One layer of the Llama-3-8B shape at 512K tokens on one GPU, where activation tensors pass
+    2^31 elements: the single-document and THD paths agree, and a document at the far end of a
+    pack equals that document alone (tests/gpu/check_long_sequence.py)."""
+    import torch
+
+    if torch.cuda.get_device_properties(0).total_memory < 130 * 2**30:
+        pytest.skip("needs a GPU with about 130 GiB (one 512K-token layer without context parallelism)")
+    proc = subprocess.run([sys.executable, "tests/gpu/check_long_sequence.py", "--out", str(results)],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    (results / "long_sequence.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name, case in json.loads((results / "long_sequence.json").read_text())["cases"].items():
+        assert not case["grads_missing"], (name, case)
+        assert case["hidden_max_row_rel_diff"] < 0.05 and case["grad_max_rel_l2"] < 0.05, (name, case)

@@ -1,0 +1,138 @@
+"""GPU check: training stays exact where a micro-batch's tensors pass 2^31 elements.
+
+A kernel that computes offsets in 32-bit integers crashes ("an illegal memory access was
+encountered") or silently returns wrong values once a tensor holds 2^31 elements. One 512K
+document of the Llama-3-8B shape on one GPU passes that in most of a layer: the fused QKV output
+has 3.2e9 elements, SwiGLU's input 1.5e10, and every hidden-size tensor 2^31 exactly (its bytes
+pass 2^31 from token 262,144 on). A benchmark of that shape crashed in its second iteration
+(reports/performance.md). Two comparisons of the decoder's output and every weight gradient,
+on the layers of ``recipes/bench/llama3_8b_512k.yaml`` with CP 1:
+
+- ``single_vs_thd``: one document of N tokens through the single-document path (plain causal
+  rows) against the same tokens packed as documents [N-1, 1] (the document-masked THD path):
+  two attention kernels that must agree on the first N-2 positions, the far end included;
+- ``tail_vs_alone``: a short document at the end of a THD pack of short documents, where its
+  offsets lie past 2^31, against that document alone (a micro-batch far below the limit).
+
+    python tests/gpu/check_long_sequence.py --out OUT_DIR [--recipe R] [--seq-length N] [--unfused] [overrides...]
+
+On the CPU (a tiny recipe with train.device=cpu) it checks the comparisons themselves.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_ext.config import load_recipe
+from megatron_ext.data.sample import PackedSample
+from megatron_ext.model.llama import build_gpt_model, transformer_config
+from megatron_ext.training.batch import pack_micro_batch
+from megatron_ext.training.cuda_env import cuda_env_defaults
+from megatron_ext.training.distributed import initialize
+from megatron_ext.training.step import per_token_loss
+
+SHORT_DOCUMENT = 4096  # the pack's documents and the compared tail (at most seq_length / 2)
+
+
+def forward_backward(model, sample: PackedSample, keep: np.ndarray):
+    """The decoder's output rows at ``keep`` and the weight gradients of the mean loss over them."""
+    device = next(model.parameters()).device
+    mb = pack_micro_batch([sample]).to(device)
+    captured = {}
+
+    def hook(_module, _inputs, output):
+        captured["hidden"] = (output[0] if isinstance(output, tuple) else output).detach()
+
+    handle = model.decoder.register_forward_hook(hook)
+    model.zero_grad(set_to_none=True)
+    try:
+        loss = per_token_loss(model, mb, use_te=device.type == "cuda")
+    finally:
+        handle.remove()
+    rows = torch.as_tensor(keep, device=device)
+    weight = rows.float() * mb.loss_weight[0]
+    ((loss[0].float() * weight).sum() / weight.sum()).backward()
+    hidden = captured.pop("hidden")[:, 0][rows].clone()  # [s, b, h] -> the kept rows
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return hidden, grads
+
+
+def compare(hidden, grads, ref_hidden, ref_grads) -> dict:
+    row_diff = (hidden.float() - ref_hidden.float()).norm(dim=-1) / ref_hidden.float().norm(dim=-1).clamp_min(1e-6)
+    grad_diff = {name: ((grads[name].float() - g.float()).norm() / g.float().norm().clamp_min(1e-12)).item()
+                 for name, g in ref_grads.items()}
+    worst = max(grad_diff, key=grad_diff.get)
+    return {
+        "rows_compared": int(hidden.shape[0]),
+        "hidden_max_row_rel_diff": row_diff.max().item(),
+        "hidden_mean_row_rel_diff": row_diff.mean().item(),
+        "hidden_worst_row": int(row_diff.argmax()),
+        "grad_max_rel_l2": grad_diff[worst],
+        "grad_worst_parameter": worst,
+        "grads_compared": len(grad_diff),
+        "grads_missing": sorted(set(ref_grads) - set(grads)),
+    }
+
+
+def single_vs_thd(model, n: int, draw) -> dict:
+    tokens = draw(n)
+    keep = np.arange(n) < n - 2
+    single = forward_backward(model, PackedSample(tokens, np.array([n])), keep)
+    thd = forward_backward(model, PackedSample(tokens, np.array([n - 1, 1])), keep)
+    return compare(*thd, *single)
+
+
+def tail_vs_alone(model, n: int, draw) -> dict:
+    tail = min(SHORT_DOCUMENT, n // 2)
+    lengths = np.array([tail] * (n // tail - 1) + [tail])
+    lengths[0] += n - lengths.sum()
+    tokens = draw(n)
+    keep = np.arange(n) >= n - tail
+    packed = forward_backward(model, PackedSample(tokens, lengths), keep)
+    alone = forward_backward(model, PackedSample(tokens[-tail:], np.array([tail])), np.ones(tail, dtype=bool))
+    return compare(*packed, *alone)
+
+
+def main(out: Path, recipe_path: str, seq_length: int, unfused: bool, overrides: list) -> dict:
+    recipe = load_recipe(recipe_path, [
+        "model.num_layers=1", "parallel.context_parallel_size=1", f"train.seq_length={seq_length}",
+        f"model.max_position_embeddings={seq_length}", "train.global_batch_size=1", *overrides])
+    cuda_env_defaults(recipe)  # as the entry point does, before CUDA starts
+    initialize(recipe)
+    config = transformer_config(recipe)
+    if unfused:  # to tell a fused kernel's fault from the rest
+        config.bias_activation_fusion = config.apply_rope_fusion = False
+    model = build_gpt_model(recipe, config).to(recipe.train.device).train()
+    rng = np.random.default_rng(0)
+    draw = lambda count: rng.integers(0, recipe.model.vocab_size, count)  # noqa: E731
+    result = {"recipe": recipe_path, "seq_length": seq_length, "layers": recipe.model.num_layers,
+              "unfused": unfused, "overrides": overrides, "cases": {},
+              "device": torch.cuda.get_device_name() if recipe.train.device == "cuda" else "cpu"}
+    for name, case in [("tail_vs_alone", tail_vs_alone), ("single_vs_thd", single_vs_thd)]:
+        start = time.perf_counter()
+        result["cases"][name] = case(model, seq_length, draw) | {"seconds": round(time.perf_counter() - start, 1)}
+        print(name, json.dumps(result["cases"][name]), flush=True)
+        if recipe.train.device == "cuda":
+            torch.cuda.empty_cache()
+    if recipe.train.device == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "long_sequence.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--recipe", default="recipes/bench/llama3_8b_512k.yaml")
+    parser.add_argument("--seq-length", type=int, default=524288)
+    parser.add_argument("--unfused", action="store_true", help="RoPE and SwiGLU without their fused kernels")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.num_layers=2")
+    args = parser.parse_args()
+    main(args.out, args.recipe, args.seq_length, args.unfused, args.overrides)
