@@ -194,6 +194,33 @@ def _check_multi_query_attention(r: Recipe, problems: List[str]) -> None:
             "data.synthetic.single_document_fraction=1), or train.reset_attention_mask=false")
 
 
+# Measured on an H200 with TE 2.20 (reports/performance.md, "512K tokens on one GPU"): in a
+# document-masked (THD) micro-batch of 524,288 tokens of the Llama-3-8B shape, a document starting
+# at token 520,192 gets outputs unrelated to its own; at 262,144 tokens every document is exact.
+# Until the kernel is identified, the bound covers both 32-bit products that fit those two
+# measurements (a document's start times the fused QKV row, or times the query row's bytes).
+_THD_OFFSET_LIMIT = 2**31
+
+
+def thd_tokens_limit(r: Recipe) -> int:
+    """The most tokens a document-masked (THD) micro-batch may hold on one GPU."""
+    q, kv = r.model.num_attention_heads * head_dim(r), r.model.num_query_groups * head_dim(r)
+    return _THD_OFFSET_LIMIT // (max(q + 2 * kv, 2 * q) // r.parallel.tensor_model_parallel_size)
+
+
+def _check_thd_length(r: Recipe, problems: List[str]) -> None:
+    t, p = r.train, r.parallel
+    if t.device != "cuda" or not t.reset_attention_mask or _only_single_document_samples(r):
+        return
+    tokens, limit = t.micro_batch_size * t.seq_length // p.context_parallel_size, thd_tokens_limit(r)
+    if tokens > limit:
+        problems.append(
+            f"train.seq_length: document-masked (THD) micro-batches of {tokens:,} tokens per GPU "
+            f"(micro_batch_size x seq_length / context_parallel_size): past {limit:,} for this model, "
+            "documents get wrong outputs from the GPU kernels (measured, reports/performance.md); raise "
+            "parallel.context_parallel_size or tensor_model_parallel_size, or use single-document samples")
+
+
 def _check_train(r: Recipe, problems: List[str]) -> None:
     t, o, s = r.train, r.optimizer, r.scheduler
     if t.device == "cpu" and r.parallel.sequence_parallel and r.parallel.tensor_model_parallel_size > 1:
@@ -341,6 +368,7 @@ def validate(recipe: Recipe, world_size: Optional[int] = None) -> None:
         _check_parallel(recipe, problems, world_size)
         _check_precision(recipe, problems)
         _check_multi_query_attention(recipe, problems)
+        _check_thd_length(recipe, problems)
         _check_train(recipe, problems)
         _check_checkpoint_and_data(recipe, problems)
         _check_memory_and_overlap(recipe, problems)
