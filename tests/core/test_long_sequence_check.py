@@ -22,7 +22,7 @@ def run(python_env, tmp_path, *prefix):
     proc = subprocess.run([sys.executable, *prefix, "--out", str(tmp_path), *ARGS], env=python_env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((tmp_path / "long_sequence.json").read_text())["cases"]
+    return json.loads((tmp_path / "long_sequence_256.json").read_text())["cases"]
 
 
 def test_comparisons_pass_where_document_masking_is_exact(python_env, tmp_path):

@@ -14,7 +14,7 @@ on the layers of ``recipes/bench/llama3_8b_512k.yaml`` with CP 1:
 - ``tail_vs_alone``: a short document at the end of a THD pack of short documents, where its
   offsets lie past 2^31, against that document alone (a micro-batch far below the limit).
 
-    python tests/gpu/check_long_sequence.py --out OUT_DIR [--recipe R] [--seq-length N] [--unfused] [overrides...]
+    python tests/gpu/check_long_sequence.py --out OUT_DIR [--recipe R] [--seq-length N] [--cases ...] [--unfused] [overrides...]
 
 On the CPU (a tiny recipe with train.device=cpu) it checks the comparisons themselves.
 """
@@ -98,10 +98,16 @@ def tail_vs_alone(model, n: int, draw) -> dict:
     return compare(*packed, *alone)
 
 
-def main(out: Path, recipe_path: str, seq_length: int, unfused: bool, overrides: list) -> dict:
+CASES = {"tail_vs_alone": tail_vs_alone, "single_vs_thd": single_vs_thd}
+
+
+def main(out: Path, recipe_path: str, seq_length: int, cases: list, unfused: bool, overrides: list) -> dict:
     recipe = load_recipe(recipe_path, [
         "model.num_layers=1", "parallel.context_parallel_size=1", f"train.seq_length={seq_length}",
-        f"model.max_position_embeddings={seq_length}", "train.global_batch_size=1", *overrides])
+        f"model.max_position_embeddings={seq_length}", "train.global_batch_size=1",
+        # The check packs its own micro-batches: the recipe's data, and the validator's limit on
+        # packed ones (which this check measured), do not apply.
+        "train.reset_attention_mask=false", *overrides])
     cuda_env_defaults(recipe)  # as the entry point does, before CUDA starts
     initialize(recipe)
     config = transformer_config(recipe)
@@ -113,16 +119,16 @@ def main(out: Path, recipe_path: str, seq_length: int, unfused: bool, overrides:
     result = {"recipe": recipe_path, "seq_length": seq_length, "layers": recipe.model.num_layers,
               "unfused": unfused, "overrides": overrides, "cases": {},
               "device": torch.cuda.get_device_name() if recipe.train.device == "cuda" else "cpu"}
-    for name, case in [("tail_vs_alone", tail_vs_alone), ("single_vs_thd", single_vs_thd)]:
+    for name in cases:
         start = time.perf_counter()
-        result["cases"][name] = case(model, seq_length, draw) | {"seconds": round(time.perf_counter() - start, 1)}
+        result["cases"][name] = CASES[name](model, seq_length, draw) | {"seconds": round(time.perf_counter() - start, 1)}
         print(name, json.dumps(result["cases"][name]), flush=True)
         if recipe.train.device == "cuda":
             torch.cuda.empty_cache()
     if recipe.train.device == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     out.mkdir(parents=True, exist_ok=True)
-    (out / "long_sequence.json").write_text(json.dumps(result, indent=2))
+    (out / f"long_sequence_{seq_length}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
     return result
 
@@ -132,7 +138,8 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--recipe", default="recipes/bench/llama3_8b_512k.yaml")
     parser.add_argument("--seq-length", type=int, default=524288)
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--unfused", action="store_true", help="RoPE and SwiGLU without their fused kernels")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.num_layers=2")
     args = parser.parse_args()
-    main(args.out, args.recipe, args.seq_length, args.unfused, args.overrides)
+    main(args.out, args.recipe, args.seq_length, args.cases, args.unfused, args.overrides)
