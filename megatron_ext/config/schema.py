@@ -54,6 +54,9 @@ class ModelConfig:
     rope_scaling_factor: float = number(8.0, ge=1)
     max_position_embeddings: int = number(8192, ge=1, le=MAX_TOKENS)
     init_method_std: float = number(0.02, gt=0, le=1)
+    # Transformer Engine's fused RoPE kernel (GPU). Off: Megatron-Core's RoPE in PyTorch, the
+    # only choice past the fused kernel's 32-bit offsets (validate.rope_fusion_tokens_limit).
+    apply_rope_fusion: bool = True
 
 
 @dataclass

@@ -194,31 +194,32 @@ def _check_multi_query_attention(r: Recipe, problems: List[str]) -> None:
             "data.synthetic.single_document_fraction=1), or train.reset_attention_mask=false")
 
 
-# Measured on an H200 with TE 2.20 (reports/performance.md, "512K tokens on one GPU"): in a
-# document-masked (THD) micro-batch of 524,288 tokens of the Llama-3-8B shape, a document starting
-# at token 520,192 gets outputs unrelated to its own; at 262,144 tokens every document is exact.
-# Until the kernel is identified, the bound covers both 32-bit products that fit those two
-# measurements (a document's start times the fused QKV row, or times the query row's bytes).
-_THD_OFFSET_LIMIT = 2**31
+# Transformer Engine's fused RoPE kernel (2.20, fused_rope.cu) takes its input's strides as they
+# are and computes a row's offset as token x token stride in 32-bit integers. Megatron-Core hands
+# it the keys as a view into the fused QKV output, whose token stride is the whole QKV row, so
+# past 2^31 / row tokens it reads keys from wrapped addresses: silently wrong, or "an illegal
+# memory access" (measured on an H200, reports/performance.md: 524,288 tokens of the Llama-3-8B
+# shape wrong or crashing, 262,144 exact; the row is 6,144 elements there).
+_FUSED_ROPE_OFFSET_LIMIT = 2**31
 
 
-def thd_tokens_limit(r: Recipe) -> int:
-    """The most tokens a document-masked (THD) micro-batch may hold on one GPU."""
-    q, kv = r.model.num_attention_heads * head_dim(r), r.model.num_query_groups * head_dim(r)
-    return _THD_OFFSET_LIMIT // (max(q + 2 * kv, 2 * q) // r.parallel.tensor_model_parallel_size)
+def rope_fusion_tokens_limit(r: Recipe) -> int:
+    """The most tokens a micro-batch may hold on one GPU with the fused RoPE kernel."""
+    row = (r.model.num_attention_heads + 2 * r.model.num_query_groups) * head_dim(r)
+    return _FUSED_ROPE_OFFSET_LIMIT // (row // r.parallel.tensor_model_parallel_size)
 
 
-def _check_thd_length(r: Recipe, problems: List[str]) -> None:
+def _check_rope_fusion(r: Recipe, problems: List[str]) -> None:
     t, p = r.train, r.parallel
-    if t.device != "cuda" or not t.reset_attention_mask or _only_single_document_samples(r):
+    if t.device != "cuda" or not r.model.apply_rope_fusion:
         return
-    tokens, limit = t.micro_batch_size * t.seq_length // p.context_parallel_size, thd_tokens_limit(r)
+    tokens, limit = t.micro_batch_size * t.seq_length // p.context_parallel_size, rope_fusion_tokens_limit(r)
     if tokens > limit:
         problems.append(
-            f"train.seq_length: document-masked (THD) micro-batches of {tokens:,} tokens per GPU "
-            f"(micro_batch_size x seq_length / context_parallel_size): past {limit:,} for this model, "
-            "documents get wrong outputs from the GPU kernels (measured, reports/performance.md); raise "
-            "parallel.context_parallel_size or tensor_model_parallel_size, or use single-document samples")
+            f"train.seq_length: micro-batches of {tokens:,} tokens per GPU (micro_batch_size x seq_length / "
+            f"context_parallel_size) are past {limit:,}, where Transformer Engine's fused RoPE kernel reads "
+            "keys from wrong memory for this model (reports/performance.md); raise "
+            "parallel.context_parallel_size or tensor_model_parallel_size, or set model.apply_rope_fusion=false")
 
 
 def _check_train(r: Recipe, problems: List[str]) -> None:
@@ -368,7 +369,7 @@ def validate(recipe: Recipe, world_size: Optional[int] = None) -> None:
         _check_parallel(recipe, problems, world_size)
         _check_precision(recipe, problems)
         _check_multi_query_attention(recipe, problems)
-        _check_thd_length(recipe, problems)
+        _check_rope_fusion(recipe, problems)
         _check_train(recipe, problems)
         _check_checkpoint_and_data(recipe, problems)
         _check_memory_and_overlap(recipe, problems)

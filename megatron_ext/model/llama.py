@@ -66,7 +66,7 @@ def transformer_config(recipe: Recipe):
         # gradients by the number of loss tokens summed over DP x CP.
         calculate_per_token_loss=True,
         bias_activation_fusion=on_gpu,
-        apply_rope_fusion=on_gpu,
+        apply_rope_fusion=on_gpu and m.apply_rope_fusion,
         masked_softmax_fusion=False,
         # Needs APEX's fused_weight_gradient_mlp_cuda for Megatron's own output layer (not
         # on the package registry); TE layers then add wgrad to main_grad through DDP hooks.

@@ -336,15 +336,17 @@ def test_multi_query_attention_with_packed_documents_is_refused_on_gpus():
         assert load_recipe(TINY, ["model.num_query_groups=1", *allowed]).model.num_query_groups == 1
 
 
-def test_document_masked_micro_batches_past_the_measured_limit_are_refused():
-    """512K tokens of the Llama-3-8B shape in one THD micro-batch gave wrong outputs on an H200,
-    256K were exact (reports/performance.md): the first is refused, naming the key."""
+def test_micro_batches_past_the_fused_rope_kernels_offsets_are_refused():
+    """512K tokens of the Llama-3-8B shape on one GPU gave wrong outputs and crashed with the fused
+    RoPE kernel, 256K were exact (reports/performance.md): refused, naming the key and the way out."""
     stage2 = "recipes/bench/llama3_8b_512k.yaml"
-    with pytest.raises(RecipeError) as e:
-        load_recipe(stage2, ["parallel.context_parallel_size=1"])
-    assert e.value.problems == [p for p in e.value.problems if p.startswith("train.seq_length:")]
-    assert "524,288 tokens per GPU" in e.value.problems[0] and "262,144" in e.value.problems[0]
+    for data in ([], ["data.synthetic.single_document_fraction=1.0"], ["train.reset_attention_mask=false"]):
+        with pytest.raises(RecipeError) as e:
+            load_recipe(stage2, ["parallel.context_parallel_size=1", *data])
+        assert len(e.value.problems) == 1 and e.value.problems[0].startswith("train.seq_length:")
+        assert "524,288 tokens per GPU" in e.value.problems[0] and "349,525" in e.value.problems[0]
+        assert "model.apply_rope_fusion=false" in e.value.problems[0]
     for allowed in (["parallel.context_parallel_size=2"], ["parallel.tensor_model_parallel_size=2"],
                     ["train.seq_length=262144", "model.max_position_embeddings=262144"],
-                    ["data.synthetic.single_document_fraction=1.0"], ["train.reset_attention_mask=false"]):
+                    ["model.apply_rope_fusion=false"], ["train.device=cpu", "precision.bf16=false"]):
         load_recipe(stage2, ["parallel.context_parallel_size=1", *allowed])

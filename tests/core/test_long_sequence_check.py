@@ -4,8 +4,9 @@ where document masking is exact, and they catch a model whose attention crosses 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[2]
 
 CHECK = "tests/gpu/check_long_sequence.py"
 ARGS = ["--recipe", "recipes/tiny/prolong_stage1.yaml", "--seq-length", "256", "train.device=cpu"]

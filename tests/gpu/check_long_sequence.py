@@ -1,22 +1,22 @@
-"""GPU check: training stays exact where a micro-batch's tensors pass 2^31 elements.
+"""GPU check: a micro-batch long enough for 32-bit offsets to overflow gives the right outputs.
 
-A kernel that computes offsets in 32-bit integers crashes ("an illegal memory access was
-encountered") or silently returns wrong values once a tensor holds 2^31 elements. One 512K
-document of the Llama-3-8B shape on one GPU passes that in most of a layer: the fused QKV output
-has 3.2e9 elements, SwiGLU's input 1.5e10, and every hidden-size tensor 2^31 exactly (its bytes
-pass 2^31 from token 262,144 on). A benchmark of that shape crashed in its second iteration
-(reports/performance.md). Two comparisons of the decoder's output and every weight gradient,
-on the layers of ``recipes/bench/llama3_8b_512k.yaml`` with CP 1:
+A kernel that computes offsets in 32-bit integers reads wrong memory silently, or crashes ("an
+illegal memory access was encountered"), once an offset passes 2^31. At 512K tokens of the
+Llama-3-8B shape on one GPU the fused QKV output holds 3.2e9 elements: Transformer Engine's fused
+RoPE kernel reads the keys, a view into it, with such offsets (reports/performance.md). Two
+comparisons of the decoder's output row by row and of every weight gradient, on one layer of
+``recipes/bench/llama3_8b_512k.yaml`` with CP 1:
 
-- ``single_vs_thd``: one document of N tokens through the single-document path (plain causal
-  rows) against the same tokens packed as documents [N-1, 1] (the document-masked THD path):
-  two attention kernels that must agree on the first N-2 positions, the far end included;
 - ``tail_vs_alone``: a short document at the end of a THD pack of short documents, where its
-  offsets lie past 2^31, against that document alone (a micro-batch far below the limit).
+  offsets are the largest, against that document alone (a micro-batch far below any limit);
+- ``single_vs_thd``: one document of N tokens through the single-document path (plain causal
+  rows) against the same tokens as THD documents [N-1, 1]: two attention kernels must agree,
+  but a fault both paths share (as the RoPE kernel's) goes unseen.
 
-    python tests/gpu/check_long_sequence.py --out OUT_DIR [--recipe R] [--seq-length N] [--cases ...] [--unfused] [overrides...]
+    python tests/gpu/check_long_sequence.py --out OUT_DIR [--recipe R] [--seq-length N] [--cases ...] [overrides...]
 
-On the CPU (a tiny recipe with train.device=cpu) it checks the comparisons themselves.
+e.g. ``model.apply_rope_fusion=false`` as an override. On the CPU (a tiny recipe with
+train.device=cpu) it checks the comparisons themselves.
 """
 
 import argparse
@@ -29,7 +29,7 @@ import torch
 
 from megatron_ext.config import load_recipe
 from megatron_ext.data.sample import PackedSample
-from megatron_ext.model.llama import build_gpt_model, transformer_config
+from megatron_ext.model.llama import build_gpt_model
 from megatron_ext.training.batch import pack_micro_batch
 from megatron_ext.training.cuda_env import cuda_env_defaults
 from megatron_ext.training.distributed import initialize
@@ -101,23 +101,20 @@ def tail_vs_alone(model, n: int, draw) -> dict:
 CASES = {"tail_vs_alone": tail_vs_alone, "single_vs_thd": single_vs_thd}
 
 
-def main(out: Path, recipe_path: str, seq_length: int, cases: list, unfused: bool, overrides: list) -> dict:
+def main(out: Path, recipe_path: str, seq_length: int, cases: list, overrides: list) -> dict:
     recipe = load_recipe(recipe_path, [
-        "model.num_layers=1", "parallel.context_parallel_size=1", f"train.seq_length={seq_length}",
-        f"model.max_position_embeddings={seq_length}", "train.global_batch_size=1",
-        # The check packs its own micro-batches: the recipe's data, and the validator's limit on
-        # packed ones (which this check measured), do not apply.
-        "train.reset_attention_mask=false", *overrides])
+        "model.num_layers=1", "parallel.context_parallel_size=1", f"model.max_position_embeddings={seq_length}",
+        "train.global_batch_size=1",
+        # The check packs its own micro-batches of seq_length tokens: the recipe's own length,
+        # and the validator's limit on it (which this check measures), do not apply.
+        f"train.seq_length={min(seq_length, 4096)}", *overrides])
     cuda_env_defaults(recipe)  # as the entry point does, before CUDA starts
     initialize(recipe)
-    config = transformer_config(recipe)
-    if unfused:  # to tell a fused kernel's fault from the rest
-        config.bias_activation_fusion = config.apply_rope_fusion = False
-    model = build_gpt_model(recipe, config).to(recipe.train.device).train()
+    model = build_gpt_model(recipe).to(recipe.train.device).train()
     rng = np.random.default_rng(0)
     draw = lambda count: rng.integers(0, recipe.model.vocab_size, count)  # noqa: E731
     result = {"recipe": recipe_path, "seq_length": seq_length, "layers": recipe.model.num_layers,
-              "unfused": unfused, "overrides": overrides, "cases": {},
+              "apply_rope_fusion": recipe.model.apply_rope_fusion, "overrides": overrides, "cases": {},
               "device": torch.cuda.get_device_name() if recipe.train.device == "cuda" else "cpu"}
     for name in cases:
         start = time.perf_counter()
@@ -139,7 +136,6 @@ if __name__ == "__main__":
     parser.add_argument("--recipe", default="recipes/bench/llama3_8b_512k.yaml")
     parser.add_argument("--seq-length", type=int, default=524288)
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
-    parser.add_argument("--unfused", action="store_true", help="RoPE and SwiGLU without their fused kernels")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.num_layers=2")
     args = parser.parse_args()
-    main(args.out, args.recipe, args.seq_length, args.cases, args.unfused, args.overrides)
+    main(args.out, args.recipe, args.seq_length, args.cases, args.overrides)
