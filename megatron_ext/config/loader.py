@@ -219,13 +219,16 @@ def compose(path: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
 
 
 def load_recipe(
-    path: str | Path, overrides: Iterable[str] = (), world_size: Optional[int] = None
+    path: str | Path, overrides: Iterable[str] = (), world_size: Optional[int] = None, for_new_runs: bool = True
 ) -> Recipe:
-    """Load, type-check and validate a recipe. Raises RecipeError naming every bad key."""
+    """Load, type-check and validate a recipe. Raises RecipeError naming every bad key.
+
+    for_new_runs=False: the recipe of a run that already happened (a benchmark row), read
+    without the checks that keep new runs off known kernel faults."""
     cfg, problems = _compose(path, overrides)
     try:  # the settings that were accepted are validated too, so that one run shows every mistake
         recipe: Recipe = OmegaConf.to_object(cfg)
-        validate(recipe, world_size=world_size)
+        validate(recipe, world_size=world_size, for_new_runs=for_new_runs)
     except RecipeError as e:
         problems += e.problems
     except OmegaConfBaseException as e:  # a missing value or a broken interpolation, reported by _compose

@@ -109,7 +109,7 @@ def run_work(run: dict, iterations: Optional[range] = None) -> Tuple[Recipe, Lis
     repository, overrides, GPUs) and the work of ``iterations`` (default: those after its warm-up)."""
     in_repo = REPO / run["recipe"]
     recipe = load_recipe(in_repo if in_repo.is_file() else find_recipe(run["recipe"]), run.get("overrides", []),
-                         world_size=run["gpus"])
+                         world_size=run["gpus"], for_new_runs=False)
     dataset, _ = workload_dataset(recipe)
     if iterations is None:
         iterations = range(run.get("warmup", 0), recipe.train.train_iters)

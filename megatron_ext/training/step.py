@@ -76,9 +76,9 @@ def packed_seq_params(mb: MicroBatch):
     )
 
 
-def loss_func(mb: MicroBatch, num_domains: int, per_token_loss: torch.Tensor):
+def loss_func(mb: MicroBatch, num_domains: int, token_losses: torch.Tensor):
     weight = mb.loss_weight
-    weighted = per_token_loss.float() * weight
+    weighted = token_losses.float() * weight
     loss_sum = weighted.sum()
     num_tokens = weight.sum()
     by_domain = torch.zeros(2, num_domains, dtype=torch.float32, device=weight.device)

@@ -346,7 +346,9 @@ def test_micro_batches_past_the_fused_rope_kernels_offsets_are_refused():
         assert len(e.value.problems) == 1 and e.value.problems[0].startswith("train.seq_length:")
         assert "524,288 tokens per GPU" in e.value.problems[0] and "349,525" in e.value.problems[0]
         assert "model.apply_rope_fusion=false" in e.value.problems[0]
-    for allowed in (["parallel.context_parallel_size=2"], ["parallel.tensor_model_parallel_size=2"],
-                    ["train.seq_length=262144", "model.max_position_embeddings=262144"],
+    half = ["train.seq_length=262144", "model.max_position_embeddings=262144"]
+    with pytest.raises(RecipeError, match="524,288 tokens per GPU"):  # micro-batches of two samples
+        load_recipe(stage2, ["parallel.context_parallel_size=1", *half, "train.micro_batch_size=2"])
+    for allowed in (["parallel.context_parallel_size=2"], ["parallel.tensor_model_parallel_size=2"], half,
                     ["model.apply_rope_fusion=false"], ["train.device=cpu", "precision.bf16=false"]):
         load_recipe(stage2, ["parallel.context_parallel_size=1", *allowed])

@@ -122,6 +122,20 @@ def test_the_measured_runs_are_reproduced(baseline_rows, calibration):
         assert abs(r["throughput_error"]) <= THROUGHPUT_TOLERANCE, r
 
 
+def test_the_shipped_constants_are_refit_from_their_sources(calibration):
+    """calibration.json names the runs it was fitted on, and a refit on them gives its constants:
+    also from a row whose recipe new runs may no longer use (the 512K run with the fused RoPE
+    kernel, which the validator now refuses)."""
+    from megatron_ext.planning.profiled import load_profile
+
+    sources = [REPO / p for p in calibration.fitted_on]
+    rows = load_rows(p for p in sources if p.suffix != ".json")
+    assert any(r.label == "layers2_512k_one_document" for r in rows)
+    profiles = [load_profile(p) for p in sources if p.suffix == ".json"]
+    refit = fit(rows, calibration, calibration.fitted_on, profiles)
+    assert refit.fitted == pytest.approx(calibration.fitted, rel=1e-4)
+
+
 def test_fit_recovers_known_constants(baseline_rows, calibration):
     """Rows made by a known set of constants (the measured runs' shapes and recompute variants
     of them, so that every constant is determined): the fit finds those constants again."""

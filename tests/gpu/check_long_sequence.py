@@ -106,7 +106,8 @@ def main(out: Path, recipe_path: str, seq_length: int, cases: list, overrides: l
         "model.num_layers=1", "parallel.context_parallel_size=1", f"model.max_position_embeddings={seq_length}",
         "train.global_batch_size=1",
         # The check packs its own micro-batches of seq_length tokens: the recipe's own length,
-        # and the validator's limit on it (which this check measures), do not apply.
+        # and the validator's limit on it (which this check measures), do not apply (nor does
+        # the check of deterministic attention's limit, under NVTE_ALLOW_NONDETERMINISTIC_ALGO=0).
         f"train.seq_length={min(seq_length, 4096)}", *overrides])
     cuda_env_defaults(recipe)  # as the entry point does, before CUDA starts
     initialize(recipe)
