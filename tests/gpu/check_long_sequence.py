@@ -65,7 +65,7 @@ def forward_backward(model, sample: PackedSample, keep: np.ndarray):
 def compare(hidden, grads, ref_hidden, ref_grads) -> dict:
     row_diff = (hidden.float() - ref_hidden.float()).norm(dim=-1) / ref_hidden.float().norm(dim=-1).clamp_min(1e-6)
     grad_diff = {name: ((grads[name].float() - g.float()).norm() / g.float().norm().clamp_min(1e-12)).item()
-                 for name, g in ref_grads.items()}
+                 for name, g in ref_grads.items() if name in grads}
     worst = max(grad_diff, key=grad_diff.get)
     return {
         "rows_compared": int(hidden.shape[0]),
