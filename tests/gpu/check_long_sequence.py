@@ -89,8 +89,8 @@ def single_vs_thd(model, n: int, draw) -> dict:
 
 def tail_vs_alone(model, n: int, draw) -> dict:
     tail = min(SHORT_DOCUMENT, n // 2)
-    lengths = np.array([tail] * (n // tail - 1) + [tail])
-    lengths[0] += n - lengths.sum()
+    lengths = np.full(n // tail, tail)
+    lengths[0] += n % tail
     tokens = draw(n)
     keep = np.arange(n) >= n - tail
     packed = forward_backward(model, PackedSample(tokens, lengths), keep)
@@ -111,19 +111,20 @@ def main(out: Path, recipe_path: str, seq_length: int, cases: list, overrides: l
         f"train.seq_length={min(seq_length, 4096)}", *overrides])
     cuda_env_defaults(recipe)  # as the entry point does, before CUDA starts
     initialize(recipe)
+    on_gpu = recipe.train.device == "cuda"
     model = build_gpt_model(recipe).to(recipe.train.device).train()
     rng = np.random.default_rng(0)
     draw = lambda count: rng.integers(0, recipe.model.vocab_size, count)  # noqa: E731
     result = {"recipe": recipe_path, "seq_length": seq_length, "layers": recipe.model.num_layers,
               "apply_rope_fusion": recipe.model.apply_rope_fusion, "overrides": overrides, "cases": {},
-              "device": torch.cuda.get_device_name() if recipe.train.device == "cuda" else "cpu"}
+              "device": torch.cuda.get_device_name() if on_gpu else "cpu"}
     for name in cases:
         start = time.perf_counter()
         result["cases"][name] = CASES[name](model, seq_length, draw) | {"seconds": round(time.perf_counter() - start, 1)}
         print(name, json.dumps(result["cases"][name]), flush=True)
-        if recipe.train.device == "cuda":
+        if on_gpu:
             torch.cuda.empty_cache()
-    if recipe.train.device == "cuda":
+    if on_gpu:
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     out.mkdir(parents=True, exist_ok=True)
     (out / f"long_sequence_{seq_length}.json").write_text(json.dumps(result, indent=2))
