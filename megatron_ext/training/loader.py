@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from dataclasses import replace
 from typing import Iterator
 
@@ -87,7 +89,22 @@ def micro_batches(recipe: Recipe, dataset: SampleDataset, consumed_samples: int,
     sampler = DataParallelSampler(len(dataset), consumed_samples, t.micro_batch_size, t.global_batch_size,
                                   dp_rank, dp_size, cost)
     workers = recipe.data.num_workers
-    return iter(DataLoader(_Indexed(dataset), batch_sampler=sampler, collate_fn=_Collate(recipe),
-                           num_workers=workers, pin_memory=t.device == "cuda", persistent_workers=workers > 0,
-                           prefetch_factor=4 if workers > 0 else None,
-                           worker_init_fn=_leave_signals_to_the_main_process))
+    stream = iter(DataLoader(_Indexed(dataset), batch_sampler=sampler, collate_fn=_Collate(recipe),
+                             num_workers=workers, pin_memory=t.device == "cuda", persistent_workers=workers > 0,
+                             prefetch_factor=4 if workers > 0 else None,
+                             worker_init_fn=_leave_signals_to_the_main_process))
+    if workers > 0:
+        atexit.register(_end_workers, weakref.ref(stream))
+    return stream
+
+
+def _end_workers(stream_ref: weakref.ref) -> None:
+    """Ends the workers of a stream still alive at exit: the run failed and its traceback holds
+    the stream. Without this the process never exits: multiprocessing's own exit handler stops
+    the workers with SIGTERM, which they ignore (above), then waits for them forever. Registered
+    after that handler, so it runs before it (atexit is last in, first out); the DataLoader's
+    shutdown tells the workers to end rather than signalling them. ``_shutdown_workers`` is
+    private, but torch has no public way to end a live iterator's workers."""
+    stream = stream_ref()
+    if stream is not None:
+        stream._shutdown_workers()
