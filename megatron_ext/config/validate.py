@@ -52,11 +52,35 @@ def uses_ring_attention(recipe: Recipe) -> bool:
     return p.context_parallel_size > 1 and p.cp_comm_type in P2P_COMM_TYPES
 
 
-def sequence_multiple(recipe: Recipe) -> int:
-    """A packed micro-batch's token count must be a multiple of this."""
+# Transformer Engine's FP8 GEMMs take a multiple of 8 rows (tokens) and, transposed for the weight
+# gradient, of 16 columns: every rank's share of a micro-batch must be a multiple of 16 tokens.
+FP8_TOKENS_PER_RANK_MULTIPLE = 16
+
+
+def _sequence_parallel_size(recipe: Recipe) -> int:
     p = recipe.parallel
-    sp = p.tensor_model_parallel_size if (p.sequence_parallel and p.tensor_model_parallel_size > 1) else 1
-    return cp_padding_multiple(recipe) * sp
+    return p.tensor_model_parallel_size if (p.sequence_parallel and p.tensor_model_parallel_size > 1) else 1
+
+
+def sequence_multiple(recipe: Recipe) -> int:
+    """A packed micro-batch's token count must be a multiple of this: whole CP chunks (2 x CP)
+    and sequence-parallel shares, and under FP8 a multiple of 16 tokens on every rank."""
+    ranks_sharing = recipe.parallel.context_parallel_size * _sequence_parallel_size(recipe)
+    multiple = cp_padding_multiple(recipe) * _sequence_parallel_size(recipe)
+    if recipe.precision.fp8 is not None:
+        multiple = math.lcm(multiple, FP8_TOKENS_PER_RANK_MULTIPLE * ranks_sharing)
+    return multiple
+
+
+def _sequence_multiple_reasons(recipe: Recipe) -> str:
+    reasons = []
+    if recipe.parallel.context_parallel_size > 1:
+        reasons.append("2 x context_parallel_size")
+    if _sequence_parallel_size(recipe) > 1:
+        reasons.append("x tensor_model_parallel_size (sequence parallel)")
+    if recipe.precision.fp8 is not None:
+        reasons.append(f"{FP8_TOKENS_PER_RANK_MULTIPLE} tokens per rank for FP8 GEMMs")
+    return "; ".join(reasons)
 
 
 def decay_iters(recipe: Recipe) -> int:
@@ -126,8 +150,7 @@ def _check_parallel(r: Recipe, problems: List[str], world_size: Optional[int]) -
     if r.train.seq_length % seq_mult:
         problems.append(
             f"train.seq_length: {r.train.seq_length} is not a multiple of {seq_mult} "
-            f"(2 x context_parallel_size{' x tensor_model_parallel_size (sequence parallel)' if tp > 1 and p.sequence_parallel else ''}); "
-            f"single-document samples would need padding")
+            f"({_sequence_multiple_reasons(r)}); single-document samples would need padding")
     if p.recompute_granularity == "full":
         if p.recompute_method is None:
             problems.append("parallel.recompute_method: full recompute needs 'uniform' or 'block'")

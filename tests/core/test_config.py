@@ -103,6 +103,14 @@ def test_context_parallel_divisibility():
     assert "train.seq_length" in msg and "2 x context_parallel_size" in msg
 
 
+def test_fp8_needs_a_multiple_of_16_tokens_per_rank():
+    # 65,520 splits into whole sequence-parallel halves (all the old check asked), of 32,760 tokens
+    with pytest.raises(RecipeError) as e:
+        load_recipe("recipes/bench/llama3_8b_64k.yaml", ["precision.fp8=hybrid", "train.seq_length=65520"])
+    msg = "\n".join(e.value.problems)
+    assert "train.seq_length" in msg and "16 tokens per rank for FP8" in msg, msg
+
+
 def test_a2a_needs_heads_per_tp_rank_divisible_by_cp():
     # tiny model: 4 heads, 2 KV groups -> a2a over CP=4 cannot scatter 2 KV heads
     msg = _problems("parallel.context_parallel_size=4", "parallel.cp_comm_type=a2a")
