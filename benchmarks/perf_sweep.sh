@@ -6,7 +6,7 @@
 #   benchmarks/perf_sweep.sh OUT                 # the core cases: stage1 + stage2 (~60 minutes on 2xH200)
 #   benchmarks/perf_sweep.sh OUT stage1          # each group one device session, with its baseline, in order of
 #   benchmarks/perf_sweep.sh OUT stage1b         #   priority: stage1 took 26 min (2026-11-30); stage1b ~14 and
-#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~25 (first 5 cases) are estimates (what does not fit waits)
+#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~20 are estimates (what does not fit waits)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
 #   benchmarks/perf_sweep.sh OUT --queue         # the cases listed in OUT/queue, one per line, in order; append to
@@ -28,8 +28,8 @@ S1=(recipes/bench/llama3_8b_64k.yaml train.global_batch_size=4 train.train_iters
 S2=(recipes/bench/llama3_8b_512k.yaml train.seq_length=131072 parallel.context_parallel_size=2
     train.global_batch_size=2 train.train_iters=6 data.synthetic.doc_length_max=131072
     data.synthetic.doc_length_median=49152 data.synthetic.doc_length_min=16384 model.max_position_embeddings=131072)
-# 256K on CP 2: 128K tokens per GPU, the per-GPU load of 1M tokens on 8 GPUs (~2.3 min an iteration:
-# one of warm-up, two measured).
+# 256K on CP 2: 128K tokens per GPU, the per-GPU load of 1M tokens on 8 GPUs (one iteration of
+# warm-up, two measured: 1.7-3.3 min each, the first 5.4 min, with the optimizer state on the CPU).
 S3=(recipes/bench/llama3_8b_512k.yaml train.seq_length=262144 parallel.context_parallel_size=2
     train.global_batch_size=2 train.train_iters=3 data.synthetic.doc_length_max=262144
     data.synthetic.doc_length_median=98304 data.synthetic.doc_length_min=32768 model.max_position_embeddings=262144)
@@ -46,10 +46,10 @@ DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_p
 STAGE1=(s1_baseline s1_selective_mlp s1_tp_comm_overlap s1_selective_tp_overlap s1_fp8_baseline
         s1_fp8_selective_tp_overlap profile_s1 s1_fp8_selective_mlp)
 STAGE1B=(s1_baseline s1_default_connections s1_selective_tp_overlap s1_selective28_tp_overlap)
-# Measured 2026-11-30 (second session): s2_baseline s2_p2p dp2_in_order dp2_balanced. Left (the
-# 512K case early: its first run crashed; s2_selective_offload left out, predicted not to fit):
-STAGE2=(s2_baseline layers2_512k_one_document s2_default_connections s2_fp8 s3_256k_optimizer_offload profile_s2
-        layers4_document_vs_stock)
+# Measured 2026-11-30: s2_baseline s2_p2p dp2_in_order dp2_balanced (second session),
+# layers2_512k_one_document s3_256k_optimizer_offload (fourth). Left (s2_selective_offload
+# out: predicted not to fit):
+STAGE2=(s2_baseline s2_fp8 profile_s2 s2_default_connections layers4_document_vs_stock)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_default_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
      s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_selective28_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp

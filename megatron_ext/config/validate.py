@@ -220,9 +220,10 @@ def _check_multi_query_attention(r: Recipe, problems: List[str]) -> None:
 # Transformer Engine's fused RoPE kernel (2.20, fused_rope.cu) takes its input's strides as they
 # are and computes a row's offset as token x token stride in 32-bit integers. Megatron-Core hands
 # it the keys as a view into the fused QKV output, whose token stride is the whole QKV row, so
-# past 2^31 / row tokens it reads keys from wrapped addresses (read from the source). Measured on
-# an H200 (reports/performance.md): 524,288 tokens of the Llama-3-8B shape (row 6,144) gave wrong
-# outputs, and a training run crashed with "an illegal memory access"; 262,144 were exact.
+# past 2^31 / row tokens it reads keys from wrapped addresses. Measured on an H200
+# (reports/performance.md; tests/gpu/test_single_gpu.py): for the Llama-3-8B shape (row 6,144)
+# exact at that limit, 349,525 tokens, wrong 8,192 past it, exact at 524,288 with RoPE in PyTorch;
+# a 512K training run with the fused kernel crashed with "an illegal memory access".
 _FUSED_ROPE_OFFSET_LIMIT = 2**31
 
 

@@ -50,10 +50,11 @@ class Calibration:
                    data.get("fitted_on", []), data.get("constants", {}))
 
     def save(self, path: Path) -> None:
+        # 6 significant digits, not decimals: a refit must reproduce the small constants (s per GB) too
         data = {"description": "Planner constants (megatron_ext/planning/terms.py); refit with "
                                "tools/plan.py --calibrate ROWS.jsonl --write",
                 "fitted_on": self.fitted_on, "reserve_gib": self.reserve_gib, "fragmentation": self.fragmentation,
-                "constants": {k: round(v, 6) for k, v in sorted(self.fitted.items())}, "priors": self.priors}
+                "constants": {k: float(f"{v:.6g}") for k, v in sorted(self.fitted.items())}, "priors": self.priors}
         Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
     def unmeasured(self, terms: Sequence[Term], share: float = INFORMATIVE_SHARE) -> List[str]:

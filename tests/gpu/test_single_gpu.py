@@ -202,7 +202,7 @@ def test_fused_rope_limit_and_the_way_past_it(results, env):
     cases = {limit: ([], True), limit + 8192: ([], False), 524288: (["model.apply_rope_fusion=false"], True)}
     for seq_length, (overrides, exact) in cases.items():
         proc = subprocess.run([sys.executable, "tests/gpu/check_long_sequence.py", "--out", str(results),
-                               "--seq-length", str(seq_length), "--cases", "tail_vs_alone", *overrides],
+                               "--seq-length", str(seq_length), "--cases", "tail_vs_alone", "--", *overrides],
                               cwd=REPO, env=env, capture_output=True, text=True)
         output = proc.stdout + proc.stderr
         (results / f"long_sequence_{seq_length}.log").write_text(output)
