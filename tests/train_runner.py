@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,25 @@ def start_train(args: list, metrics: Path, env: dict, nproc: int = 1) -> subproc
     else:
         cmd = ["python", "-m", "megatron_ext.launch", f"--nproc-per-node={nproc}", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+INJECTED_FAILURE = "ValueError: injected failure in the forward step"
+# One rank of ``megatron_ext.train`` whose forward step raises.
+_FAILING_TRAIN = f"""import sys
+from megatron_ext.training import step
+def fail(*args, **kwargs):
+    raise ValueError("{INJECTED_FAILURE.split(': ', 1)[1]}")
+step.per_token_loss = fail
+from megatron_ext.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_failing_train(args: list, metrics: Path, env: dict) -> subprocess.Popen:
+    """A one-rank run whose first forward step raises (how a run that fails must end)."""
+    return subprocess.Popen([sys.executable, "-c", _FAILING_TRAIN, *args, f"logging.metrics_jsonl={metrics}"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from megatron_ext.training import signals
-from train_runner import REPO, TINY_CPU, finish, losses, processes_of, read_metrics, start_train, train
+from train_runner import (INJECTED_FAILURE, REPO, TINY_CPU, finish, losses, processes_of, read_metrics,
+                          start_failing_train, start_train, train)
 
 # DataLoader workers: the signals reach them too (a process-group signal), as under Slurm.
 WITH_WORKERS = [*TINY_CPU, "data.num_workers=2"]
@@ -183,25 +184,12 @@ def test_stop_file_contents(tmp_path, monkeypatch):
     assert signals._signal_in_stop_file() is None
 
 
-# A rank whose training raises: the exception's traceback holds the micro-batch stream, so its
-# DataLoader workers outlive the loop; they ignore SIGTERM, and multiprocessing's exit handler
-# used to wait for them forever after sending it (the run hung instead of failing).
-FAILING_STEP = """import sys
-from megatron_ext.training import step
-def fail(*args, **kwargs):
-    raise ValueError("injected failure in the forward step")
-step.per_token_loss = fail
-from megatron_ext.train import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_a_failing_run_with_workers_exits_and_leaves_no_process(tmp_path, python_env):
-    proc = subprocess.Popen(["python", "-c", FAILING_STEP, *WITH_WORKERS, "checkpoint.save=null",
-                             "checkpoint.save_interval=null", f"logging.metrics_jsonl={tmp_path}/run.jsonl"],
-                            cwd=REPO, env=python_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    # The traceback of a run that raised holds its micro-batch stream; at exit multiprocessing
+    # sent the DataLoader workers SIGTERM, which they ignore, and waited for them forever.
+    proc = start_failing_train([*WITH_WORKERS, "checkpoint.save=null", "checkpoint.save_interval=null"],
+                               tmp_path / "run.jsonl", python_env)
     out = finish(proc, 120)
     assert proc.returncode == 1, out[-3000:]  # not a kill by finish()'s timeout
-    assert "ValueError: injected failure in the forward step" in out
+    assert INJECTED_FAILURE in out
     assert_nothing_left(proc.pid, str(tmp_path))

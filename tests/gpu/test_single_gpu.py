@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from train_runner import REPO, finish, losses, read_metrics, start_train, train
+from train_runner import INJECTED_FAILURE, REPO, finish, losses, read_metrics, start_failing_train, start_train, train
 
 pytestmark = pytest.mark.gpu
 
@@ -216,3 +216,14 @@ def test_fused_rope_limit_and_the_way_past_it(results, env):
             assert r["hidden_max_row_rel_diff"] < 0.05 and r["grad_max_rel_l2"] < 0.05, (seq_length, r)
         else:  # if this fails, the kernel no longer overflows there: the validator's limit can go
             assert r["hidden_mean_row_rel_diff"] > 0.2, (seq_length, r)
+
+
+def test_a_failing_run_exits(results, env):
+    """With NCCL, pinned-memory batches and DataLoader workers, a run whose forward step raises
+    ends with its error and exit code 1 (the 128K FP8 run's ranks once stayed alive after one)."""
+    proc = start_failing_train([STAGE1, *QUIET, "data.num_workers=2", "checkpoint.save=null",
+                                "checkpoint.save_interval=null"], results / "failing_run.jsonl", env)
+    out = finish(proc, 300)
+    (results / "failing_run.log").write_text(out)
+    assert proc.returncode == 1, out[-3000:]
+    assert INJECTED_FAILURE in out
