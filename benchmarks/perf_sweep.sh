@@ -6,7 +6,7 @@
 #   benchmarks/perf_sweep.sh OUT                 # the core cases: stage1 + stage2 (~60 minutes on 2xH200)
 #   benchmarks/perf_sweep.sh OUT stage1          # each group one device session, with its baseline, in order of
 #   benchmarks/perf_sweep.sh OUT stage1b         #   priority: stage1 took 26 min (2026-11-30); stage1b ~14 and
-#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~20 are estimates (what does not fit waits)
+#   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~22 (first 4 cases) are estimates (what does not fit waits)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
 #   benchmarks/perf_sweep.sh OUT --queue         # the cases listed in OUT/queue, one per line, in order; append to

@@ -73,13 +73,13 @@ def sequence_multiple(recipe: Recipe) -> int:
 
 
 def _sequence_multiple_reasons(recipe: Recipe) -> str:
-    reasons = []
-    if recipe.parallel.context_parallel_size > 1:
-        reasons.append("2 x context_parallel_size")
-    if _sequence_parallel_size(recipe) > 1:
-        reasons.append("x tensor_model_parallel_size (sequence parallel)")
+    shares = [name for name, applies in (("2 x context_parallel_size", recipe.parallel.context_parallel_size > 1),
+                                         ("tensor_model_parallel_size (sequence parallel)",
+                                          _sequence_parallel_size(recipe) > 1)) if applies]
+    reasons = [" x ".join(shares)] if shares else []
     if recipe.precision.fp8 is not None:
-        reasons.append(f"{FP8_TOKENS_PER_RANK_MULTIPLE} tokens per rank for FP8 GEMMs")
+        ranks = recipe.parallel.context_parallel_size * _sequence_parallel_size(recipe)
+        reasons.append(f"FP8 GEMMs: {FP8_TOKENS_PER_RANK_MULTIPLE} tokens per rank x {ranks} ranks sharing a sample")
     return "; ".join(reasons)
 
 

@@ -76,7 +76,8 @@ def pack_micro_batch(samples: Sequence[PackedSample], pad_multiple: int = 1, tot
 
     pad_multiple: every document is padded to a multiple of this (2 x CP, or 1).
     total_multiple: the flattened THD length is padded to a multiple of this
-        (2 x CP x TP with sequence parallelism); the tail padding joins the last document.
+        (config.validate.sequence_multiple: whole CP and sequence-parallel shares, 16 tokens a
+        rank under FP8); the tail padding joins the last document.
     """
     if total_multiple % pad_multiple:
         raise ValueError(f"total_multiple {total_multiple} must be a multiple of pad_multiple {pad_multiple}")

@@ -101,10 +101,18 @@ def micro_batches(recipe: Recipe, dataset: SampleDataset, consumed_samples: int,
 def _end_workers(stream_ref: weakref.ref) -> None:
     """Ends the workers of a stream still alive at exit: the run failed and its traceback holds
     the stream. Without this the process never exits: multiprocessing's own exit handler stops
-    the workers with SIGTERM, which they ignore (above), then waits for them forever. Registered
-    after that handler, so it runs before it (atexit is last in, first out); the DataLoader's
-    shutdown tells the workers to end rather than signalling them. ``_shutdown_workers`` is
-    private, but torch has no public way to end a live iterator's workers."""
+    the workers with SIGTERM, which they ignore (above), then waits for them forever.
+
+    Registered after that handler and after torch's exit flag (set at exit, it turns the
+    DataLoader's shutdown into a no-op), so it runs before both (atexit is last in, first out).
+    The shutdown tells the workers to end and waits 5 s for each; one still busy with a sample
+    then gets SIGTERM, which it ignores, so it is killed (it holds nothing to save).
+    ``_shutdown_workers`` and ``_workers`` are private, but torch has no public way to end a live
+    iterator's workers."""
     stream = stream_ref()
-    if stream is not None:
-        stream._shutdown_workers()
+    if stream is None:
+        return
+    stream._shutdown_workers()
+    for worker in getattr(stream, "_workers", []):
+        if worker.is_alive():
+            worker.kill()
