@@ -31,6 +31,11 @@ def start_train(args: list, metrics: Path, env: dict, nproc: int = 1) -> subproc
         cmd = ["python", "-m", "megatron_ext.train", *args]
     else:
         cmd = ["python", "-m", "megatron_ext.launch", f"--nproc-per-node={nproc}", *args]
+    return _start(cmd, env)
+
+
+def _start(cmd: list, env: dict) -> subprocess.Popen:
+    """In the repository, output captured, in a session of its own (finish() kills it whole)."""
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -49,9 +54,7 @@ sys.exit(main(sys.argv[1:]))
 
 def start_failing_train(args: list, metrics: Path, env: dict) -> subprocess.Popen:
     """A one-rank run whose first forward step raises (how a run that fails must end)."""
-    return subprocess.Popen([sys.executable, "-c", _FAILING_TRAIN, *args, f"logging.metrics_jsonl={metrics}"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return _start([sys.executable, "-c", _FAILING_TRAIN, *args, f"logging.metrics_jsonl={metrics}"], env)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 900) -> str:

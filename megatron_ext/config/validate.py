@@ -62,13 +62,16 @@ def _sequence_parallel_size(recipe: Recipe) -> int:
     return p.tensor_model_parallel_size if (p.sequence_parallel and p.tensor_model_parallel_size > 1) else 1
 
 
+def _ranks_sharing_a_sample(recipe: Recipe) -> int:
+    return recipe.parallel.context_parallel_size * _sequence_parallel_size(recipe)
+
+
 def sequence_multiple(recipe: Recipe) -> int:
     """A packed micro-batch's token count must be a multiple of this: whole CP chunks (2 x CP)
     and sequence-parallel shares, and under FP8 a multiple of 16 tokens on every rank."""
-    ranks_sharing = recipe.parallel.context_parallel_size * _sequence_parallel_size(recipe)
     multiple = cp_padding_multiple(recipe) * _sequence_parallel_size(recipe)
     if recipe.precision.fp8 is not None:
-        multiple = math.lcm(multiple, FP8_TOKENS_PER_RANK_MULTIPLE * ranks_sharing)
+        multiple = math.lcm(multiple, FP8_TOKENS_PER_RANK_MULTIPLE * _ranks_sharing_a_sample(recipe))
     return multiple
 
 
@@ -78,8 +81,8 @@ def _sequence_multiple_reasons(recipe: Recipe) -> str:
                                           _sequence_parallel_size(recipe) > 1)) if applies]
     reasons = [" x ".join(shares)] if shares else []
     if recipe.precision.fp8 is not None:
-        ranks = recipe.parallel.context_parallel_size * _sequence_parallel_size(recipe)
-        reasons.append(f"FP8 GEMMs: {FP8_TOKENS_PER_RANK_MULTIPLE} tokens per rank x {ranks} ranks sharing a sample")
+        reasons.append(f"FP8 GEMMs: {FP8_TOKENS_PER_RANK_MULTIPLE} tokens per rank x "
+                       f"{_ranks_sharing_a_sample(recipe)} ranks sharing a sample")
     return "; ".join(reasons)
 
 
