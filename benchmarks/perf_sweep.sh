@@ -48,7 +48,10 @@ DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_p
 # As measured on 2026-11-30 (one session), then what that session left to measure:
 STAGE1=(s1_baseline s1_selective_mlp s1_tp_comm_overlap s1_selective_tp_overlap s1_fp8_baseline
         s1_fp8_selective_tp_overlap profile_s1 s1_fp8_selective_mlp)
-STAGE1B=(s1_baseline s1_default_connections s1_selective_tp_overlap s1_selective28_tp_overlap)
+# The TP-overlap cases of stage 1 ran with NVLink multicast in TE's userbuffers; since then the
+# entry point turns it off where NCCL has it off (as on the device hosts), so they run again.
+STAGE1B=(s1_baseline s1_default_connections s1_selective_tp_overlap s1_ub_rs_rings s1_ub_fewer_sms
+         s1_selective28_tp_overlap)
 # Measured 2026-11-30: s2_baseline s2_p2p dp2_in_order dp2_balanced (second session),
 # layers2_512k_one_document s3_256k_optimizer_offload (fourth). Left (s2_selective_offload
 # out: predicted not to fit):
@@ -56,7 +59,8 @@ STAGE2=(s2_baseline s2_fp8 s2_fp8_tp2_selective_offload profile_s2 s2_tp2_select
         layers4_document_vs_stock)
 CORE=("${STAGE1[@]}" "${STAGE2[@]}")
 ALL=(s1_baseline s1_default_connections s1_selective_mlp s1_block_24 s1_block_16 s1_none s1_cp2_selective
-     s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_selective28_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
+     s1_cp2_p2p_selective s1_tp_comm_overlap s1_selective_tp_overlap s1_ub_rs_rings s1_ub_fewer_sms
+     s1_selective28_tp_overlap s1_fp8_baseline s1_fp8_selective_mlp
      s1_fp8_tp_overlap s1_fp8_selective_tp_overlap s1_offload_selective
      s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_default_connections s2_p2p s2_all_gather s2_a2a_p2p
      s2_fp8 s2_selective_offload s2_block_30 s2_tp2 s2_tp2_selective_offload s2_fp8_tp2_selective_offload s3_256k s3_256k_optimizer_offload s3_256k_tp2
@@ -100,6 +104,11 @@ run_case() {
         s1_cp2_p2p_selective)   bench "$1" 2 3 "${S1[@]}" "${TP1_CP2[@]}" parallel.cp_comm_type=p2p "${SELECTIVE_MLP[@]}" ;;
         s1_tp_comm_overlap)     CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" parallel.tp_comm_overlap=true ;;
         s1_selective_tp_overlap) CUDA_DEVICE_MAX_CONNECTIONS=1 bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" parallel.tp_comm_overlap=true ;;
+        # Userbuffer settings of our own (benchmarks/userbuffers/) against TE's defaults above.
+        s1_ub_rs_rings)         bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" parallel.tp_comm_overlap=true \
+                                    parallel.tp_comm_overlap_cfg=benchmarks/userbuffers/tp2_rs_rings.yaml ;;
+        s1_ub_fewer_sms)        bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" parallel.tp_comm_overlap=true \
+                                    parallel.tp_comm_overlap_cfg=benchmarks/userbuffers/tp2_fewer_sms.yaml ;;
         # selective recompute in 28 of the 32 layers: the 4 others keep their MLP activations (27 is
         # predicted to fit by 2 GiB; 28 leaves 5)
         s1_selective28_tp_overlap) bench "$1" 2 3 "${S1[@]}" "${SELECTIVE_MLP[@]}" parallel.selective_recompute_num_layers=28 \
@@ -219,13 +228,14 @@ if [ -n "${DRY_RUN:-}" ] && [ -f "$OUT/dry_run.jsonl" ]; then
     python - "$OUT/dry_run.jsonl" <<'PY'
 import json, sys, warnings
 warnings.filterwarnings("ignore")
-from megatron_ext.config import RecipeError
+from megatron_ext.config import RecipeError, load_recipe
 from megatron_ext.planning.fit import compare, measured_row
 from megatron_ext.planning.terms import Calibration
 calibration, bad = Calibration.load(), []
 for line in open(sys.argv[1]):
     case = json.loads(line)
     try:
+        load_recipe(case["recipe"], case["overrides"], world_size=case["gpus"])  # as a new run: files it reads too
         p = compare([measured_row(case)], calibration)[0]
     except RecipeError as e:
         bad.append(f"{case['label']}: {e}")

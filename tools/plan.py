@@ -65,6 +65,9 @@ def plan(args, calibration: Calibration) -> int:
           f"constants: {', '.join(calibration.fitted_on) or 'priors only'}")
     if data_note:
         print(f"data: {data_note}")
+    if recipe.parallel.tp_comm_overlap_cfg:
+        print(f"note: parallel.tp_comm_overlap_cfg {recipe.parallel.tp_comm_overlap_cfg}: not modelled; "
+              f"the TP overlap is predicted with Transformer Engine's default userbuffer settings")
     if args.check:
         own = planner.evaluate({})
         why = refusal(own, args.gpu_memory)

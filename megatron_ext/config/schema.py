@@ -104,6 +104,9 @@ class ParallelConfig:
     # Tensor-parallel communication overlapped with the GEMMs (Transformer Engine userbuffers,
     # bootstrapped over NCCL, no MPI). Needs TP > 1 with sequence parallelism and CP = 1.
     tp_comm_overlap: bool = False
+    # A YAML file of TE userbuffer settings per GEMM (method, num_sm, ...; Megatron-LM's
+    # --tp-comm-overlap-cfg), checked by config/userbuffers.py; null: TE's defaults.
+    tp_comm_overlap_cfg: Optional[str] = text()
 
 
 @dataclass

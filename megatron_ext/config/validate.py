@@ -14,6 +14,7 @@ from typing import List, Optional
 from megatron_ext.config.bounds import field_problems
 from megatron_ext.config.errors import RecipeError
 from megatron_ext.config.schema import Recipe
+from megatron_ext.config.userbuffers import read_userbuffer_settings
 
 P2P_COMM_TYPES = ("p2p", "a2a+p2p")
 # Samples a stage may draw (train_iters x global_batch_size): the data index holds a few
@@ -323,7 +324,7 @@ def _module_list_problem(key: str, modules, allowed) -> Optional[str]:
     return f"{key}: {unknown} not among {', '.join(allowed)}{why}"
 
 
-def _check_memory_and_overlap(r: Recipe, problems: List[str]) -> None:
+def _check_memory_and_overlap(r: Recipe, problems: List[str], for_new_runs: bool) -> None:
     """Recompute, offloading and communication-overlap knobs: what Megatron-Core would assert
     on deep inside, and what cannot run under CPU emulation (no Transformer Engine there)."""
     p, o = r.parallel, r.optimizer
@@ -376,6 +377,13 @@ def _check_memory_and_overlap(r: Recipe, problems: List[str]) -> None:
                             "under CP every document is padded, so micro-batches differ in length; use CP=1")
         if on_cpu:
             problems.append(f"parallel.tp_comm_overlap: {no_te}")
+        if p.tp_comm_overlap_cfg and for_new_runs:  # a past run's file need not be here
+            try:
+                read_userbuffer_settings(p.tp_comm_overlap_cfg)
+            except ValueError as e:
+                problems.append(str(e))
+    elif p.tp_comm_overlap_cfg:
+        problems.append("parallel.tp_comm_overlap_cfg: only used with parallel.tp_comm_overlap=true")
     if o.optimizer_cpu_offload:
         if not p.use_distributed_optimizer or o.optimizer != "adam":
             problems.append("optimizer.optimizer_cpu_offload: needs parallel.use_distributed_optimizer=true and "
@@ -389,7 +397,8 @@ def _check_memory_and_overlap(r: Recipe, problems: List[str]) -> None:
 
 def validate(recipe: Recipe, world_size: Optional[int] = None, for_new_runs: bool = True) -> None:
     """Raise RecipeError listing every problem (not just the first). for_new_runs=False leaves
-    out the checks that keep new runs off known kernel faults (to read the recipe of a past run)."""
+    out the checks that keep new runs off known kernel faults and those of files a launch
+    reads (to read the recipe of a past run)."""
     # The combination checks assume every value is in range (no division by zero, no NaN).
     problems = field_problems(recipe)
     if not problems:
@@ -401,6 +410,6 @@ def validate(recipe: Recipe, world_size: Optional[int] = None, for_new_runs: boo
             _check_rope_fusion(recipe, problems)
         _check_train(recipe, problems)
         _check_checkpoint_and_data(recipe, problems)
-        _check_memory_and_overlap(recipe, problems)
+        _check_memory_and_overlap(recipe, problems, for_new_runs)
     if problems:
         raise RecipeError(problems)

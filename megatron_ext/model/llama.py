@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_ext.config.schema import Recipe
+from megatron_ext.config.userbuffers import read_userbuffer_settings
 from megatron_ext.config.validate import head_dim, padded_vocab_size
 
 
@@ -112,6 +113,7 @@ def initialize_tp_comm_overlap(recipe: Recipe) -> None:
         shape=[t.seq_length * t.micro_batch_size, recipe.model.hidden_size],
         tp_size=p.tensor_model_parallel_size,
         quantization_modes=[mode.FP8 if recipe.precision.fp8 else mode.NONE],
+        ub_cfgs=read_userbuffer_settings(p.tp_comm_overlap_cfg) if p.tp_comm_overlap_cfg else None,
         bootstrap_backend="nccl",
     )
 

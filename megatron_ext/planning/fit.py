@@ -81,10 +81,13 @@ def measured_row(data: dict) -> Row:
     iterations rebuilt; measurements absent (or an out-of-memory run): None."""
     recipe, works = run_work(data)
     oom = data.get("oom", False)
+    fit, note = data.get("fit", True), data.get("note", "")
+    if recipe.parallel.tp_comm_overlap_cfg:  # the model knows TE's default userbuffers only
+        fit, note = False, "; ".join(filter(None, [note, "own userbuffer settings: not modelled, not fitted"]))
     return Row(label=data["label"], recipe=recipe, gpus=data["gpus"], works=works,
                tokens_per_sec_per_gpu=None if oom else data.get("tokens_per_sec_per_gpu"),
                peak_memory_gib=None if oom else data.get("peak_memory_gib"), peak_tflops=data.get("peak_tflops", 989.0),
-               fit=data.get("fit", True), note=data.get("note", ""))
+               fit=fit, note=note)
 
 
 def _solve(equations: List[tuple], calibration: Calibration) -> Dict[str, float]:

@@ -71,11 +71,13 @@ def parallel_options(recipe: Recipe, gpus: int) -> Iterator[Dict[str, object]]:
             base = {"parallel.tensor_model_parallel_size": tp, "parallel.context_parallel_size": cp,
                     # TP needs sequence parallelism here; without TP the setting does nothing
                     "parallel.sequence_parallel": tp > 1 or recipe.parallel.sequence_parallel,
-                    "parallel.hierarchical_context_parallel_sizes": None, "parallel.tp_comm_overlap": False}
+                    "parallel.hierarchical_context_parallel_sizes": None, "parallel.tp_comm_overlap": False,
+                    "parallel.tp_comm_overlap_cfg": None}
             if cp == 1:
                 yield {**base, "parallel.cp_comm_type": "a2a"}
-                if tp > 1:
-                    yield {**base, "parallel.cp_comm_type": "a2a", "parallel.tp_comm_overlap": True}
+                if tp > 1:  # with the recipe's userbuffer settings, if it names any
+                    yield {**base, "parallel.cp_comm_type": "a2a", "parallel.tp_comm_overlap": True,
+                           "parallel.tp_comm_overlap_cfg": recipe.parallel.tp_comm_overlap_cfg}
                 continue
             for comm in ("a2a", "p2p", "all_gather"):
                 yield {**base, "parallel.cp_comm_type": comm}

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
 MAX_CONNECTIONS = "CUDA_DEVICE_MAX_CONNECTIONS"
 GROWABLE_SEGMENTS = "expandable_segments:True"
+USERBUFFERS_SKIP_MULTICAST = "UB_SKIPMC"
+# How NVLink multicast is switched off for NCCL and for PyTorch's symmetric memory.
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 
 
 def cuda_env_defaults(recipe: Recipe, environ: MutableMapping[str, str] = os.environ) -> Dict[str, str]:
@@ -27,11 +30,17 @@ def cuda_env_defaults(recipe: Recipe, environ: MutableMapping[str, str] = os.env
     - One hardware work queue under tensor or context parallelism: Megatron-Core and Transformer
       Engine rely on it to start a TP/CP exchange before the computation it overlaps (TE's
       userbuffers for parallel.tp_comm_overlap too); Megatron-LM requires it for TP > 1 or
-      CP > 1 on GPUs before Blackwell. Data parallelism alone keeps CUDA's default."""
+      CP > 1 on GPUs before Blackwell. Data parallelism alone keeps CUDA's default.
+    - No NVLink multicast in TE's userbuffers where it is off for NCCL or PyTorch: for
+      parallel.tp_comm_overlap they create a multicast object of their own (cuMulticastCreate)
+      unless UB_SKIPMC is set, whatever NCCL was told. Hosts that switch multicast off (shared
+      machines whose GPUs a multicast program can take out of service) must have it off here too."""
     in_effect = {ALLOC_CONF: environ.setdefault(ALLOC_CONF, GROWABLE_SEGMENTS)}
     p = recipe.parallel
     if p.tensor_model_parallel_size > 1 or p.context_parallel_size > 1:
         in_effect[MAX_CONNECTIONS] = environ.setdefault(MAX_CONNECTIONS, "1")
+    if p.tp_comm_overlap and any(environ.get(k, "").strip() == off for k, off in MULTICAST_OFF.items()):
+        in_effect[USERBUFFERS_SKIP_MULTICAST] = environ.setdefault(USERBUFFERS_SKIP_MULTICAST, "1")
     return in_effect
 
 

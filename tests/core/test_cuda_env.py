@@ -10,7 +10,7 @@ from megatron_ext import train as entry_point
 from megatron_ext.config import load_recipe
 from megatron_ext.launch_env import LaunchError
 from megatron_ext.training import distributed, signals
-from megatron_ext.training.cuda_env import ALLOC_CONF, MAX_CONNECTIONS, cuda_env_defaults
+from megatron_ext.training.cuda_env import ALLOC_CONF, MAX_CONNECTIONS, USERBUFFERS_SKIP_MULTICAST, cuda_env_defaults
 
 TP2 = load_recipe("recipes/prolong/stage1_64k.yaml")                 # TP 2 with sequence parallelism
 CP8 = load_recipe("recipes/prolong/stage2_512k.yaml")                # TP 1, CP 8
@@ -33,6 +33,26 @@ def test_the_users_setting_wins():
     env = {ALLOC_CONF: "max_split_size_mb:512", MAX_CONNECTIONS: "8"}
     assert cuda_env_defaults(TP2, env) == {ALLOC_CONF: "max_split_size_mb:512", MAX_CONNECTIONS: "8"}
     assert env == {ALLOC_CONF: "max_split_size_mb:512", MAX_CONNECTIONS: "8"}
+
+
+TP_OVERLAP = load_recipe("recipes/prolong/stage1_64k.yaml", ["parallel.tp_comm_overlap=true"])
+
+
+@pytest.mark.parametrize("multicast_off", [{"NCCL_NVLS_ENABLE": "0"}, {"TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}])
+def test_userbuffers_use_no_multicast_where_nccl_or_pytorch_may_not(multicast_off):
+    """TE's userbuffers called cuMulticastCreate on a 2xH200 host whose NCCL and PyTorch had
+    NVLink multicast switched off ("MC initialized succesfully" in the TP-overlap logs)."""
+    env = dict(multicast_off)
+    assert cuda_env_defaults(TP_OVERLAP, env)[USERBUFFERS_SKIP_MULTICAST] == "1"
+    assert env[USERBUFFERS_SKIP_MULTICAST] == "1"
+    env = dict(multicast_off)
+    cuda_env_defaults(TP2, env)                     # no userbuffers without the overlap
+    assert USERBUFFERS_SKIP_MULTICAST not in env
+    env = {"NCCL_NVLS_ENABLE": "1"}
+    cuda_env_defaults(TP_OVERLAP, env)              # where multicast may be used, TE decides
+    assert USERBUFFERS_SKIP_MULTICAST not in env
+    env = {**multicast_off, USERBUFFERS_SKIP_MULTICAST: "0"}
+    assert cuda_env_defaults(TP_OVERLAP, env)[USERBUFFERS_SKIP_MULTICAST] == "0"   # the user's choice wins
 
 
 def test_set_before_the_gpu_is_selected(monkeypatch):
