@@ -78,3 +78,27 @@ def test_ring_attention_trains_like_a2a(results, env):
     (results / "ring_vs_a2a.json").write_text(json.dumps({**runs, "max_rel_diff": max(rel)}, indent=2))
     assert [i for i, _ in runs["a2a"]] == [i for i, _ in runs["p2p"]] == list(range(1, 9))
     assert max(rel) < LOSS_RTOL
+
+
+def test_tp_overlap_uses_no_nvlink_multicast_and_trains_like_no_overlap(results, env):
+    """Hosts that switch NVLink multicast off (NCCL_NVLS_ENABLE=0, as the device hosts must) got
+    it from TE's userbuffers anyway ("MC initialized" in the stage-1 TP-overlap logs). With TE's
+    userbuffer settings and with ours, the overlap now runs without it, like the run without."""
+    common = ["recipes/tiny/prolong_stage1.yaml", *QUIET, "train.train_iters=4", "checkpoint.save=null",
+              "checkpoint.save_interval=null", "parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true",
+              "model.num_query_groups=2"]
+    env = {k: v for k, v in env.items() if k != "UB_SKIPMC"} | {"NCCL_NVLS_ENABLE": "0"}
+    overlap = ["parallel.tp_comm_overlap=true"]
+    variants = {"no_overlap": [], "te_settings": overlap,
+                "rs_rings": [*overlap, "parallel.tp_comm_overlap_cfg=benchmarks/userbuffers/tp2_rs_rings.yaml"]}
+    runs = {}
+    for name, overrides in variants.items():
+        rc, out, metrics = train([*common, *overrides], results / f"tp_overlap_{name}.jsonl", env, nproc=2)
+        (results / f"tp_overlap_{name}.log").write_text(out)
+        assert rc == 0, out[-4000:]
+        assert "MC initialized" not in out
+        runs[name] = losses(metrics)
+    rel = {name: max(abs(a[1] - b[1]) / a[1] for a, b in zip(runs["no_overlap"], run)) for name, run in runs.items()}
+    (results / "tp_overlap.json").write_text(json.dumps({**runs, "max_rel_diff": rel}, indent=2))
+    assert all(len(run) == 4 for run in runs.values())
+    assert max(rel.values()) < LOSS_RTOL
