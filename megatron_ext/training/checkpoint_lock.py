@@ -7,7 +7,9 @@ minute (a heartbeat). A second run finds it and is refused, unless the holder is
 
 - same host: its process no longer runs (PID and start time, so a reused PID is no match);
 - an earlier attempt of the same Slurm job (a requeue: SLURM_RESTART_COUNT is higher now);
-- another host, whose processes cannot be seen from here: no heartbeat for STALE_AFTER_S.
+- another host, whose processes cannot be seen from here: no heartbeat for STALE_AFTER_S, or
+  its Slurm job has ended by Slurm's own account (asked only within the same Slurm cluster: a
+  job of another cluster sharing the file system is unknown here, not ended).
 
 The lock is removed when the process exits (also on errors); a killed process leaves it for
 one of the rules above. Taking over a stale lock is logged.
@@ -25,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from megatron_ext.processes import process_alive, start_time, this_host
+from megatron_ext.processes import process_alive, slurm_job_ended, start_time, this_host
 from megatron_ext.training.checkpoint_files import DISK_FULL_ERRNOS, CheckpointError
 
 LOCK_FILE = "writer.lock"
@@ -44,13 +46,15 @@ class Holder:
     started: Optional[float]
     slurm_job: Optional[str]
     slurm_restart: int
+    slurm_cluster: Optional[str] = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
     def this_process(cls) -> "Holder":
         return cls(host=this_host(), pid=os.getpid(), started=start_time(os.getpid()),
                    slurm_job=os.environ.get("SLURM_JOB_ID"),
-                   slurm_restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0))
+                   slurm_restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+                   slurm_cluster=os.environ.get("SLURM_CLUSTER_NAME"))
 
     def describe(self) -> str:
         job = f", Slurm job {self.slurm_job}" if self.slurm_job else ""
@@ -60,7 +64,8 @@ class Holder:
 def _read(path: Path) -> Optional[Holder]:
     try:
         data = json.loads(path.read_text())
-        return Holder(**{k: data[k] for k in ("host", "pid", "started", "slurm_job", "slurm_restart", "token")})
+        return Holder(**{k: data[k] for k in ("host", "pid", "started", "slurm_job", "slurm_restart", "token")},
+                      slurm_cluster=data.get("slurm_cluster"))  # absent from the locks of earlier versions
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -77,6 +82,9 @@ def stale_reason(holder: Optional[Holder], age_s: float, me: Holder) -> Optional
         return None if process_alive(holder.pid, holder.started) else "that process is gone"
     if age_s > STALE_AFTER_S:
         return f"no heartbeat for {age_s / 60:.0f} min"
+    if holder.slurm_job and holder.slurm_cluster and holder.slurm_cluster == me.slurm_cluster \
+            and slurm_job_ended(holder.slurm_job):
+        return f"its Slurm job {holder.slurm_job} has ended"
     return None
 
 

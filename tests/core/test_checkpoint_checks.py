@@ -169,6 +169,72 @@ def test_lock_of_an_earlier_attempt_of_the_same_slurm_job_is_taken_over(tmp_path
     assert "earlier attempt of this Slurm job (restart 0)" in logged[0]
 
 
+def _fake_squeue(directory, script: str):
+    """A ``squeue`` on PATH that runs ``script`` (bash)."""
+    directory.mkdir(exist_ok=True)
+    (directory / "squeue").write_text("#!/bin/bash\n" + script + "\n")
+    (directory / "squeue").chmod(0o755)
+
+
+@pytest.mark.parametrize("answer, taken_over", [
+    ('echo RUNNING', False),
+    ('echo COMPLETING', False),
+    ('exit 0', True),                                                              # forgotten: no line
+    ('echo PENDING', True),                                                        # requeued, not restarted
+    ('echo CANCELLED', True),
+    ('echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1', True),
+    ('echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1', False),
+])
+def test_lock_of_another_host_is_taken_over_when_its_slurm_job_has_ended(tmp_path, monkeypatch, answer, taken_over):
+    """A job resubmitted right after a hard-killed one (node failure, OOM killer) lands on another
+    node and used to wait 10 minutes of heartbeat or a manual delete; Slurm knows better."""
+    _fake_squeue(tmp_path / "bin", f'[ "$*" = "--noheader --jobs 555 --format %T" ] || exit 9\n{answer}')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "556")
+    monkeypatch.setenv("SLURM_CLUSTER_NAME", "gpus")
+    _lock_of(tmp_path, Holder("another-node", 1234, 1.0, "555", 0, "gpus"), age_s=60)
+    logged = []
+    if taken_over:
+        WriterLock(tmp_path, logged.append).acquire()
+        assert "its Slurm job 555 has ended" in logged[0]
+    else:
+        with pytest.raises(CheckpointError, match="in use by another run .*Slurm job 555, heartbeat 60 s ago"):
+            WriterLock(tmp_path, logged.append).acquire()
+
+
+@pytest.mark.parametrize("holder_cluster, my_cluster", [("other", "gpus"), (None, "gpus"), ("gpus", None)])
+def test_slurm_is_asked_only_about_a_job_of_its_own_cluster(tmp_path, monkeypatch, holder_cluster, my_cluster):
+    """A file system shared by two clusters: a job of the other one is unknown here, not ended."""
+    _fake_squeue(tmp_path / "bin", "exit 0")   # would say: ended
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "556")
+    if my_cluster:
+        monkeypatch.setenv("SLURM_CLUSTER_NAME", my_cluster)
+    else:
+        monkeypatch.delenv("SLURM_CLUSTER_NAME", raising=False)
+    _lock_of(tmp_path, Holder("another-node", 1234, 1.0, "555", 0, holder_cluster), age_s=60)
+    with pytest.raises(CheckpointError, match="in use by another run"):
+        WriterLock(tmp_path).acquire()
+
+
+def test_no_clear_answer_from_slurm_means_possibly_running(tmp_path, monkeypatch):
+    from megatron_ext.processes import slurm_job_ended
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))   # no squeue at all
+    assert not slurm_job_ended("555")
+    _fake_squeue(tmp_path / "bin", "sleep 30")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    start = time.monotonic()
+    assert not slurm_job_ended("555", timeout_s=0.5)
+    assert time.monotonic() - start < 10
+
+
+def test_a_lock_written_before_clusters_were_recorded_is_read(tmp_path):
+    old = {k: v for k, v in Holder("another-node", 1234, 1.0, "555", 0).__dict__.items() if k != "slurm_cluster"}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(old))
+    assert lock_holder(tmp_path).startswith("PID 1234 on host another-node, Slurm job 555")
+
+
 # -- restricted unpickling ----------------------------------------------------------------
 class _RunsShell:
     def __init__(self, command):

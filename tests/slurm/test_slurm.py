@@ -436,3 +436,39 @@ def test_a_refused_submission_cancels_and_marks_the_pipeline_so_far(cluster, wor
     assert all(line.endswith(" cancelled") for line in lines), lines
     for line in lines:
         assert cluster.job(line.split()[1])["JobState"] == "CANCELLED"
+
+
+def test_a_writer_lock_left_on_another_node_by_an_ended_job_is_taken_over(cluster, work, monkeypatch):
+    """What the writer lock asks a real controller about a job on another node: running while it
+    runs, ended once cancelled; the job's own environment names the cluster it records."""
+    from megatron_ext.processes import slurm_job_ended
+    from megatron_ext.training.checkpoint_files import CheckpointError
+    from megatron_ext.training.checkpoint_lock import LOCK_FILE, Holder, WriterLock
+
+    monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
+    seen = work / "lock_job_cluster.txt"
+    out = subprocess.run(["sbatch", "--parsable", "--output=/dev/null",
+                          f"--wrap=echo $SLURM_CLUSTER_NAME > {seen}; sleep 120"],
+                         env=cluster.env, capture_output=True, text=True, check=True)
+    job = out.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + JOB_TIMEOUT  # it may wait for a node
+    while not (seen.exists() and seen.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    name = seen.read_text().strip()
+    assert name == "ci" and cluster.job(job)["JobState"] == "RUNNING"
+    assert not slurm_job_ended(job)
+    lock_dir = work / "lock_ckpt"
+    lock_dir.mkdir()
+    (lock_dir / LOCK_FILE).write_text(json.dumps(Holder("another-node", 1234, 1.0, job, 0, name).__dict__))
+    monkeypatch.setenv("SLURM_JOB_ID", str(int(job) + 1000))
+    monkeypatch.setenv("SLURM_CLUSTER_NAME", name)
+    with pytest.raises(CheckpointError, match=f"in use by another run .*Slurm job {job}"):
+        WriterLock(lock_dir).acquire()
+    subprocess.run(["scancel", job], env=cluster.env, check=True)
+    cluster.wait([job], 60)
+    assert slurm_job_ended(job)
+    logged = []
+    lock = WriterLock(lock_dir, logged.append)
+    lock.acquire()
+    lock.release()
+    assert f"its Slurm job {job} has ended" in logged[0]
