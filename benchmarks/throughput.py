@@ -36,7 +36,8 @@ from megatron_ext.training.metrics import peak_tflops  # noqa: E402
 
 # Launch settings that change speed or memory, recorded with every row.
 ENV_KEYS = ("PYTORCH_CUDA_ALLOC_CONF", "CUDA_DEVICE_MAX_CONNECTIONS", "NVTE_FUSED_ATTN", "NVTE_FLASH_ATTN",
-            "NVTE_ALLOW_NONDETERMINISTIC_ALGO", "NCCL_ALGO", "NCCL_PROTO", "NCCL_NVLS_ENABLE", "UB_SKIPMC")
+            "NVTE_ALLOW_NONDETERMINISTIC_ALGO", "NCCL_ALGO", "NCCL_PROTO", "NCCL_NVLS_ENABLE",
+            "TORCH_SYMM_MEM_DISABLE_MULTICAST", "UB_SKIPMC")
 
 
 def _device_name() -> str:

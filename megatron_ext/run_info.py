@@ -35,8 +35,8 @@ from typing import List, Optional
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["megatron-ext", "torch", "megatron-core", "transformer-engine", "transformer-engine-torch",
             "flash-attn", "numpy", "transformers", "omegaconf"]
-ENV_PREFIXES = ("SLURM_", "NCCL_", "TORCH_NCCL_", "NVTE_", "CUDA_", "MASTER_", "PYTHON", "OMP_", "LAUNCHER",
-                "CONTAINER_", "VIRTUAL_ENV", "CONDA_PREFIX", "PROLONG_")
+ENV_PREFIXES = ("SLURM_", "NCCL_", "TORCH_NCCL_", "TORCH_SYMM_MEM_", "NVTE_", "UB_", "CUDA_", "MASTER_", "PYTHON",
+                "OMP_", "LAUNCHER", "CONTAINER_", "VIRTUAL_ENV", "CONDA_PREFIX", "PROLONG_")
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
 SITE_ENV = "MEGATRON_EXT_SITE_ENV"  # the site env file's path, set by slurm/lib.sh
 ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=", re.MULTILINE)

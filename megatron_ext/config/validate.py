@@ -379,7 +379,7 @@ def _check_memory_and_overlap(r: Recipe, problems: List[str], for_new_runs: bool
             problems.append(f"parallel.tp_comm_overlap: {no_te}")
         if p.tp_comm_overlap_cfg and for_new_runs:  # a past run's file need not be here
             try:
-                read_userbuffer_settings(p.tp_comm_overlap_cfg)
+                read_userbuffer_settings(p.tp_comm_overlap_cfg, fp8=r.precision.fp8 is not None)
             except ValueError as e:
                 problems.append(str(e))
     elif p.tp_comm_overlap_cfg:

@@ -107,13 +107,13 @@ def initialize_tp_comm_overlap(recipe: Recipe) -> None:
     bootstrap runs over torch.distributed (NCCL), so no MPI is needed (TE >= 1.9)."""
     from transformer_engine.pytorch import module as te_module
 
-    t, p = recipe.train, recipe.parallel
+    t, p, fp8 = recipe.train, recipe.parallel, recipe.precision.fp8 is not None
     mode = te_module.base.UserBufferQuantizationMode
     te_module.base.initialize_ub(
         shape=[t.seq_length * t.micro_batch_size, recipe.model.hidden_size],
         tp_size=p.tensor_model_parallel_size,
-        quantization_modes=[mode.FP8 if recipe.precision.fp8 else mode.NONE],
-        ub_cfgs=read_userbuffer_settings(p.tp_comm_overlap_cfg) if p.tp_comm_overlap_cfg else None,
+        quantization_modes=[mode.FP8 if fp8 else mode.NONE],
+        ub_cfgs=read_userbuffer_settings(p.tp_comm_overlap_cfg, fp8) if p.tp_comm_overlap_cfg else None,  # None: TE's
         bootstrap_backend="nccl",
     )
 

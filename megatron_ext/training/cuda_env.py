@@ -16,8 +16,9 @@ ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
 MAX_CONNECTIONS = "CUDA_DEVICE_MAX_CONNECTIONS"
 GROWABLE_SEGMENTS = "expandable_segments:True"
 USERBUFFERS_SKIP_MULTICAST = "UB_SKIPMC"
-# How NVLink multicast is switched off for NCCL and for PyTorch's symmetric memory.
-MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+# How NVLink multicast is switched off for NCCL (an integer) and for PyTorch's symmetric memory
+# (a boolean as PyTorch reads it).
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": ("0",), "TORCH_SYMM_MEM_DISABLE_MULTICAST": ("1", "true", "yes", "y")}
 
 
 def cuda_env_defaults(recipe: Recipe, environ: MutableMapping[str, str] = os.environ) -> Dict[str, str]:
@@ -34,12 +35,13 @@ def cuda_env_defaults(recipe: Recipe, environ: MutableMapping[str, str] = os.env
     - No NVLink multicast in TE's userbuffers where it is off for NCCL or PyTorch: for
       parallel.tp_comm_overlap they create a multicast object of their own (cuMulticastCreate)
       unless UB_SKIPMC is set, whatever NCCL was told. Hosts that switch multicast off (shared
-      machines whose GPUs a multicast program can take out of service) must have it off here too."""
+      machines whose GPUs a multicast program can take out of service) must have it off here too.
+      Read from the environment only: an NCCL_NVLS_ENABLE in /etc/nccl.conf is not seen."""
     in_effect = {ALLOC_CONF: environ.setdefault(ALLOC_CONF, GROWABLE_SEGMENTS)}
     p = recipe.parallel
     if p.tensor_model_parallel_size > 1 or p.context_parallel_size > 1:
         in_effect[MAX_CONNECTIONS] = environ.setdefault(MAX_CONNECTIONS, "1")
-    if p.tp_comm_overlap and any(environ.get(k, "").strip() == off for k, off in MULTICAST_OFF.items()):
+    if p.tp_comm_overlap and any(environ.get(k, "").strip().lower() in off for k, off in MULTICAST_OFF.items()):
         in_effect[USERBUFFERS_SKIP_MULTICAST] = environ.setdefault(USERBUFFERS_SKIP_MULTICAST, "1")
     return in_effect
 

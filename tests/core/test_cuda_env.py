@@ -38,7 +38,8 @@ def test_the_users_setting_wins():
 TP_OVERLAP = load_recipe("recipes/prolong/stage1_64k.yaml", ["parallel.tp_comm_overlap=true"])
 
 
-@pytest.mark.parametrize("multicast_off", [{"NCCL_NVLS_ENABLE": "0"}, {"TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}])
+@pytest.mark.parametrize("multicast_off", [{"NCCL_NVLS_ENABLE": "0"}, {"TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"},
+                                           {"TORCH_SYMM_MEM_DISABLE_MULTICAST": "True"}])
 def test_userbuffers_use_no_multicast_where_nccl_or_pytorch_may_not(multicast_off):
     """TE's userbuffers called cuMulticastCreate on a 2xH200 host whose NCCL and PyTorch had
     NVLink multicast switched off ("MC initialized succesfully" in the TP-overlap logs)."""

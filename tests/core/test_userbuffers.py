@@ -41,21 +41,34 @@ def test_the_experiments_files_are_valid():
 def test_nvidia_style_settings_are_read_as_written(tmp_path):
     path = tmp_path / "ub.yaml"
     path.write_text("qkv_wgrad:\n  method: bulk\n  num_sm: 24\n  cga_size: 2\n  set_sm_margin: 0\n"
-                    "fc1_fprop: {method: ring_exchange, aggregate: 1}\n")
+                    "fc1_fprop: {method: ring_exchange, aggregate: 1}\n"
+                    "proj_fprop: {method: pipeline, comm_priority: -5, gemm_priority: 0}\n")   # TE's own priorities
     from megatron_ext.config.userbuffers import read_userbuffer_settings
 
     _with_settings(path)
     assert read_userbuffer_settings(path) == {"qkv_wgrad": {"method": "bulk", "num_sm": 24, "cga_size": 2, "set_sm_margin": 0},
-                                              "fc1_fprop": {"method": "ring_exchange", "aggregate": 1}}
+                                              "fc1_fprop": {"method": "ring_exchange", "aggregate": 1},
+                                              "proj_fprop": {"method": "pipeline", "comm_priority": -5, "gemm_priority": 0}}
+    # Atomic GEMMs with FP8 only (TE refuses them otherwise).
+    path.write_text("proj_fprop: {method: ring_exchange, atomic_gemm: 1}\nqkv_fprop: {method: ring_exchange, atomic_gemm: 1}\n")
+    assert _with_settings(path, "precision.fp8=hybrid").parallel.tp_comm_overlap_cfg == str(path)
 
 
 @pytest.mark.parametrize("text, expected", [
     ("qkv_fprob: {method: ring_exchange}\n", "'qkv_fprob' is not a GEMM Transformer Engine overlaps"),
     ("proj_fprop: {method: pipeline, num_sms: 8}\n", "proj_fprop: unknown setting 'num_sms'"),
-    ("proj_fprop: {method: ring}\n", "proj_fprop: method 'ring' is not one of ring_exchange, pipeline, bulk, external"),
+    ("proj_fprop: {method: ring}\n", "proj_fprop: method 'ring' cannot run here (this GEMM: pipeline, ring_exchange)"),
+    # Methods TE accepts at start-up but the GEMM's layer cannot run (an error inside step 1).
+    ("qkv_fprop: {method: pipeline}\n", "qkv_fprop: method 'pipeline' cannot run here (this GEMM: ring_exchange)"),
+    ("fc1_fprop: {method: bulk}\n", "fc1_fprop: method 'bulk' cannot run here"),
+    ("qkv_dgrad: {method: ring_exchange}\n", "qkv_dgrad: method 'ring_exchange' cannot run here (this GEMM: bulk)"),
+    ("fc2_wgrad: {method: bulk}\n", "fc2_wgrad: method 'bulk' cannot run here (this GEMM: external)"),
+    ("proj_fprop: {is_reduce_scatter: false}\n", "proj_fprop: is_reduce_scatter is fixed by the GEMM"),
+    ("proj_fprop: {method: ring_exchange, atomic_gemm: 1}\n", "proj_fprop: atomic_gemm needs FP8 GEMMs"),
     ("proj_fprop: {method: pipeline, set_sm_margin: maybe}\n", "proj_fprop: set_sm_margin must be true/false (or 0/1)"),
-    ("proj_fprop: {method: pipeline, num_sm: -1}\n", "proj_fprop: num_sm must be a whole number >= 0, got -1"),
-    ("proj_fprop: {method: pipeline, num_sm: 8.5}\n", "proj_fprop: num_sm must be a whole number >= 0, got 8.5"),
+    ("proj_fprop: {method: pipeline, num_sm: 0}\n", "proj_fprop: num_sm must be a whole number >= 1, got 0"),
+    ("proj_fprop: {method: pipeline, num_splits: 8.5}\n", "proj_fprop: num_splits must be a whole number >= 1, got 8.5"),
+    ("proj_fprop: {comm_priority: high}\n", "proj_fprop: comm_priority must be a whole number, got 'high'"),
     ("proj_fprop: pipeline\n", "proj_fprop: expected a mapping of settings"),
     ("- proj_fprop\n", "expected a mapping of GEMM names"),
     ("", "expected a mapping of GEMM names"),

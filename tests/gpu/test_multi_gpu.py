@@ -97,6 +97,8 @@ def test_tp_overlap_uses_no_nvlink_multicast_and_trains_like_no_overlap(results,
         (results / f"tp_overlap_{name}.log").write_text(out)
         assert rc == 0, out[-4000:]
         assert "MC initialized" not in out
+        if overrides:  # TE's userbuffers started, and said so
+            assert "MC NOT initialized and used" in out, out[-4000:]
         runs[name] = losses(metrics)
     rel = {name: max(abs(a[1] - b[1]) / a[1] for a, b in zip(runs["no_overlap"], run)) for name, run in runs.items()}
     (results / "tp_overlap.json").write_text(json.dumps({**runs, "max_rel_diff": rel}, indent=2))
