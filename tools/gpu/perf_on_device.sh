@@ -6,6 +6,10 @@
 # Results in $PERF_ROOT (default /tmp/perf): runs.jsonl, logs/, profile_*/ (traces stay there: too large to bring back).
 # SITE: where the GPU wheels were installed (.gpu/install.sh: /tmp/site).
 set -uo pipefail
+# The lent GPU hosts forbid NVLink multicast: off for NCCL and PyTorch unless the caller chose (the
+# training entry point then keeps TE's userbuffers off it too).
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1} \
+    NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
 root=$(realpath -m "${PERF_ROOT:-/tmp/perf}")
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 case ${1:-} in
@@ -23,6 +27,7 @@ case ${1:-} in
         latest=$(ls -t "$root"/logs/*.log 2>/dev/null | head -n 1)
         [[ -n $latest ]] && { grep -E "^iter |out of memory|Error|not in effect" "$latest" | tail -n 3; }
         echo "failed: $(tr '\n' ' ' < "$root/failed.txt" 2>/dev/null)"
+        grep -l "MC initialized" "$root"/logs/*.log 2>/dev/null | sed 's/^/NVLINK MULTICAST USED (forbidden on these hosts): /'
         if [[ -s $root/runs.jsonl ]]; then
             PYTHONPATH="${SITE:-/tmp/site}:$repo" "${PYTHON:-python3}" -c 'import json, sys
 sys.path.insert(0, sys.argv[2])
