@@ -169,11 +169,12 @@ def test_lock_of_an_earlier_attempt_of_the_same_slurm_job_is_taken_over(tmp_path
     assert "earlier attempt of this Slurm job (restart 0)" in logged[0]
 
 
-def _fake_squeue(directory, script: str):
-    """A ``squeue`` on PATH that runs ``script`` (bash)."""
+def _fake_squeue(monkeypatch, directory, script: str):
+    """A ``squeue`` first on PATH that runs ``script`` (bash)."""
     directory.mkdir(exist_ok=True)
     (directory / "squeue").write_text("#!/bin/bash\n" + script + "\n")
     (directory / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
 
 
 @pytest.mark.parametrize("answer, taken_over", [
@@ -188,8 +189,7 @@ def _fake_squeue(directory, script: str):
 def test_lock_of_another_host_is_taken_over_when_its_slurm_job_has_ended(tmp_path, monkeypatch, answer, taken_over):
     """A job resubmitted right after a hard-killed one (node failure, OOM killer) lands on another
     node and used to wait 10 minutes of heartbeat or a manual delete; Slurm knows better."""
-    _fake_squeue(tmp_path / "bin", f'[ "$*" = "--noheader --jobs 555 --format %T" ] || exit 9\n{answer}')
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    _fake_squeue(monkeypatch, tmp_path / "bin", f'[ "$*" = "--noheader --jobs 555 --format %T" ] || exit 9\n{answer}')
     monkeypatch.setenv("SLURM_JOB_ID", "556")
     monkeypatch.setenv("SLURM_CLUSTER_NAME", "gpus")
     _lock_of(tmp_path, Holder("another-node", 1234, 1.0, "555", 0, "gpus"), age_s=60)
@@ -205,8 +205,7 @@ def test_lock_of_another_host_is_taken_over_when_its_slurm_job_has_ended(tmp_pat
 @pytest.mark.parametrize("holder_cluster, my_cluster", [("other", "gpus"), (None, "gpus"), ("gpus", None)])
 def test_slurm_is_asked_only_about_a_job_of_its_own_cluster(tmp_path, monkeypatch, holder_cluster, my_cluster):
     """A file system shared by two clusters: a job of the other one is unknown here, not ended."""
-    _fake_squeue(tmp_path / "bin", "exit 0")   # would say: ended
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    _fake_squeue(monkeypatch, tmp_path / "bin", "exit 0")   # would say: ended
     monkeypatch.setenv("SLURM_JOB_ID", "556")
     if my_cluster:
         monkeypatch.setenv("SLURM_CLUSTER_NAME", my_cluster)
@@ -220,10 +219,10 @@ def test_slurm_is_asked_only_about_a_job_of_its_own_cluster(tmp_path, monkeypatc
 def test_no_clear_answer_from_slurm_means_possibly_running(tmp_path, monkeypatch):
     from megatron_ext.processes import slurm_job_ended
 
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))   # no squeue at all
-    assert not slurm_job_ended("555")
-    _fake_squeue(tmp_path / "bin", "sleep 30")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    with monkeypatch.context() as no_squeue:
+        no_squeue.setenv("PATH", str(tmp_path / "empty"))
+        assert not slurm_job_ended("555")
+    _fake_squeue(monkeypatch, tmp_path / "bin", "sleep 30")
     start = time.monotonic()
     assert not slurm_job_ended("555", timeout_s=0.5)
     assert time.monotonic() - start < 10

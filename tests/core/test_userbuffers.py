@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from megatron_ext.config import RecipeError, load_recipe
+from megatron_ext.config.userbuffers import read_userbuffer_settings
 from megatron_ext.planning.fit import measured_row
 from megatron_ext.planning.layouts import Planner
 from megatron_ext.planning.terms import Calibration
@@ -43,8 +44,6 @@ def test_nvidia_style_settings_are_read_as_written(tmp_path):
     path.write_text("qkv_wgrad:\n  method: bulk\n  num_sm: 24\n  cga_size: 2\n  set_sm_margin: 0\n"
                     "fc1_fprop: {method: ring_exchange, aggregate: 1}\n"
                     "proj_fprop: {method: pipeline, comm_priority: -5, gemm_priority: 0}\n")   # TE's own priorities
-    from megatron_ext.config.userbuffers import read_userbuffer_settings
-
     _with_settings(path)
     assert read_userbuffer_settings(path) == {"qkv_wgrad": {"method": "bulk", "num_sm": 24, "cga_size": 2, "set_sm_margin": 0},
                                               "fc1_fprop": {"method": "ring_exchange", "aggregate": 1},
@@ -104,8 +103,6 @@ def test_the_settings_reach_transformer_engine(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", pytorch)
     initialize_tp_comm_overlap(_with_settings(SHIPPED[0]))
     initialize_tp_comm_overlap(load_recipe(STAGE1, ["parallel.tp_comm_overlap=true"]))
-    from megatron_ext.config.userbuffers import read_userbuffer_settings
-
     assert calls[0]["ub_cfgs"] == read_userbuffer_settings(SHIPPED[0]) and calls[0]["ub_cfgs"]
     assert calls[1]["ub_cfgs"] is None           # TE's defaults
     assert calls[0]["shape"] == [65536, 4096] and calls[0]["tp_size"] == 2
