@@ -7,6 +7,7 @@
 #   benchmarks/perf_sweep.sh OUT stage1          # each group one device session, with its baseline, in order of
 #   benchmarks/perf_sweep.sh OUT stage1b         #   priority: stage1 took 26 min (2026-11-30); stage1b ~14 and
 #   benchmarks/perf_sweep.sh OUT stage2          #   stage2 ~22 (first 4 cases) are estimates (what does not fit waits)
+#   benchmarks/perf_sweep.sh OUT onegpu          # the cases a 1-GPU machine can run (~16 min estimated)
 #   benchmarks/perf_sweep.sh OUT all             # every case (about 2.5 hours)
 #   benchmarks/perf_sweep.sh OUT s1_baseline s2_p2p ...
 #   benchmarks/perf_sweep.sh OUT --queue         # the cases listed in OUT/queue, one per line, in order; append to
@@ -41,10 +42,18 @@ TP1_CP2=(parallel.tensor_model_parallel_size=1 parallel.context_parallel_size=2)
 TP2_SELECTIVE_OFFLOAD=(parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=1 "${SELECTIVE_MLP[@]}"
                        parallel.selective_recompute_num_layers=31 parallel.tp_comm_overlap=true
                        optimizer.optimizer_cpu_offload=true)
+# The stage-2 proxy's samples (128K, documents 16K-128K) through 4 layers on one GPU: the
+# compute side of the stage-2 candidates (recompute, FP8) measured where 2-GPU machines are not lent.
+L4_128K=(recipes/bench/llama3_8b_512k.yaml model.num_layers=4 parallel.context_parallel_size=1
+         train.seq_length=131072 train.global_batch_size=2 train.train_iters=6 data.synthetic.doc_length_max=131072
+         data.synthetic.doc_length_median=49152 data.synthetic.doc_length_min=16384 model.max_position_embeddings=131072)
 # Data-parallel balancing on 2 GPUs: 8 layers fit one GPU each; 16 samples per global batch.
 DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_parallel_size=1
      "${NO_RECOMPUTE[@]}" train.global_batch_size=16 train.train_iters=5)
 
+# For a 1-GPU machine (2-GPU ones not lent): the owed 4-layer row, then stage 2's compute side.
+ONEGPU=(layers4_document_vs_stock l4_128k_full l4_128k_selective_mlp l4_128k_fp8 l4_128k_fp8_selective_mlp
+        l4_128k_none profile_l4_128k)
 # As measured on 2026-11-30 (one session), then what that session left to measure:
 STAGE1=(s1_baseline s1_selective_mlp s1_tp_comm_overlap s1_selective_tp_overlap s1_fp8_baseline
         s1_fp8_selective_tp_overlap profile_s1 s1_fp8_selective_mlp)
@@ -64,7 +73,8 @@ ALL=(s1_baseline s1_default_connections s1_selective_mlp s1_block_24 s1_block_16
      s1_fp8_tp_overlap s1_fp8_selective_tp_overlap s1_offload_selective
      s1_optimizer_offload s1_dp2 s1_dp2_overlap s2_baseline s2_default_connections s2_p2p s2_all_gather s2_a2a_p2p
      s2_fp8 s2_selective_offload s2_block_30 s2_tp2 s2_tp2_selective_offload s2_fp8_tp2_selective_offload s3_256k s3_256k_optimizer_offload s3_256k_tp2
-     dp2_balanced dp2_in_order layers4_document_vs_stock layers2_512k_one_document profile_s1 profile_s2 profile_s3)
+     dp2_balanced dp2_in_order layers4_document_vs_stock layers2_512k_one_document l4_128k_full l4_128k_selective_mlp
+     l4_128k_none l4_128k_fp8 l4_128k_fp8_selective_mlp profile_s1 profile_s2 profile_s3 profile_l4_128k)
 
 record() {  # DRY_RUN: note the case for validation and prediction at the end
     python -c 'import json, sys; a = sys.argv[1:]
@@ -159,6 +169,14 @@ run_case() {
             bench "$1" 1 1 recipes/bench/llama3_8b_512k.yaml model.num_layers=2 parallel.context_parallel_size=1 \
                 train.global_batch_size=1 train.train_iters=3 data.synthetic.single_document_fraction=1.0 \
                 model.apply_rope_fusion=false ;;
+        # Stage 2's compute on one GPU (4 layers, the proxy's samples): attention recomputed or not,
+        # FP8 GEMMs or not, where attention is most of the work.
+        l4_128k_full)           bench "$1" 1 2 "${L4_128K[@]}" ;;
+        l4_128k_selective_mlp)  bench "$1" 1 2 "${L4_128K[@]}" "${SELECTIVE_MLP[@]}" ;;
+        l4_128k_none)           bench "$1" 1 2 "${L4_128K[@]}" "${NO_RECOMPUTE[@]}" ;;
+        l4_128k_fp8)            bench "$1" 1 2 "${L4_128K[@]}" precision.fp8=hybrid ;;
+        l4_128k_fp8_selective_mlp) bench "$1" 1 2 "${L4_128K[@]}" "${SELECTIVE_MLP[@]}" precision.fp8=hybrid ;;
+        profile_l4_128k)        profile "$1" 1 2 "${L4_128K[@]}" ;;
         # Item 0: where the time goes in each baseline.
         profile_s1)             profile "$1" 2 3 "${S1[@]}" ;;
         profile_s2)             profile "$1" 2 2 "${S2[@]}" ;;
@@ -195,10 +213,11 @@ run_queue() {
 }
 
 if [ "${1:-}" = "--list" ]; then
-    echo "stage1: ${STAGE1[*]}"; echo "stage1b: ${STAGE1B[*]}"; echo "stage2: ${STAGE2[*]}"; echo "all:  ${ALL[*]}"; exit 0
+    echo "stage1: ${STAGE1[*]}"; echo "stage1b: ${STAGE1B[*]}"; echo "stage2: ${STAGE2[*]}"; echo "onegpu: ${ONEGPU[*]}"
+    echo "all:  ${ALL[*]}"; exit 0
 fi
 if [ $# -lt 1 ]; then
-    echo "usage: $0 OUT [core|stage1|stage1b|stage2|all|--queue|CASE ...]   ($0 --list)" >&2; exit 2
+    echo "usage: $0 OUT [core|stage1|stage1b|stage2|onegpu|all|--queue|CASE ...]   ($0 --list)" >&2; exit 2
 fi
 OUT=$1; shift
 mkdir -p "$OUT/logs"
@@ -211,6 +230,8 @@ elif [ "${cases[0]}" = stage1b ]; then
     cases=("${STAGE1B[@]}")
 elif [ "${cases[0]}" = stage2 ]; then
     cases=("${STAGE2[@]}")
+elif [ "${cases[0]}" = onegpu ]; then
+    cases=("${ONEGPU[@]}")
 elif [ "${cases[0]}" = all ]; then
     cases=("${ALL[@]}")
 fi
