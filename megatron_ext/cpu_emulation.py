@@ -112,7 +112,7 @@ def _patch_torch_adam_checkpointing() -> None:
     wraps torch.optim.Adam, which keeps a per-parameter ``step`` created lazily at the first
     step, and Megatron 0.19 (a) cannot build a state dict for loading before that first step,
     and (b) restores the step as *one tensor shared by all parameters*, which torch's Adam
-    then increments once per parameter per iteration, breaking its bias correction.
+    then increments once per parameter per iteration, breaking its bias correction; (c) below.
     """
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
@@ -133,5 +133,14 @@ def _patch_torch_adam_checkpointing() -> None:
                 if "step" in self.optimizer.state.get(param, {}):
                     self.optimizer.state[param]["step"] = torch.tensor(float(group["step"]))
 
+    original_set_states = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_states(self, model_param, tensors):
+        # (c) its fully_reshardable load copies every tensor of a parameter's state from the
+        # checkpoint, which (as with FusedAdam) holds no per-parameter ``step``: a None is skipped,
+        # and load_state_dict above restores the step.
+        return original_set_states(self, model_param, {"step": None} | tensors)
+
     DistributedOptimizer.sharded_state_dict = sharded_state_dict
     DistributedOptimizer.load_state_dict = load_state_dict
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states

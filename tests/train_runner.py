@@ -17,6 +17,15 @@ TINY_CPU = [
 ]
 
 
+def optimizer_format(checkpoint: Path) -> str:
+    """dp_reshardable or fully_reshardable: how ``checkpoint`` holds its optimizer state."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from megatron_ext.training.checkpoint import saved_optimizer_format
+
+    return saved_optimizer_format(FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata)
+
+
 def read_metrics(path: Path) -> list:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

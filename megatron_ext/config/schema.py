@@ -201,6 +201,13 @@ class CheckpointConfig:
     # per rank from disk, spread over the ranks). false skips both, for huge checkpoints on
     # slow file systems; sizes are still checked.
     verify_checksums: bool = True
+    # Which saves hold the optimizer state in a form any layout can load (Megatron-LM's
+    # --dist-ckpt-optim-fully-reshardable, here per save): `every`, `last` (only the save at
+    # train.train_iters: the stage handoff) or `never`. Such a save gathers the optimizer state
+    # of a whole data(+context)-parallel group on every rank of it (host memory: 12 bytes per
+    # parameter of the rank's tensor-parallel shard, per rank) and is slow (docs/slurm.md); the
+    # other saves (dp_reshardable) resume at the same tensor-parallel size, any DP or CP size.
+    dist_ckpt_optim_fully_reshardable: str = one_of("last", ("every", "last", "never"))
 
 
 @dataclass

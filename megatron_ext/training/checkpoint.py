@@ -85,6 +85,34 @@ def pretrained_remedy(iteration: int, path: Path) -> str:
     return f"set checkpoint.pretrained_checkpoint={path} to use it"
 
 
+# Megatron-Core's distributed-optimizer formats: model-space tensors any layout loads (gathered
+# across the data-parallel group at save), or each rank's flat buffer shard as it is (fast; loads
+# at the same tensor-parallel size only: the buffers' layout follows the TP-sharded parameters).
+FULLY_RESHARDABLE, DP_RESHARDABLE = "fully_reshardable", "dp_reshardable"
+
+
+def saved_optimizer_format(tensor_names) -> str:
+    """The format of a checkpoint's optimizer state, from its tensor names (also for checkpoints
+    saved before the format was a recipe setting)."""
+    return DP_RESHARDABLE if any(n.startswith("optimizer.distributed.") for n in tensor_names) else FULLY_RESHARDABLE
+
+
+def refuse_optimizer_layout_change(common: dict, optimizer_format: str, recipe: Recipe, path: Path,
+                                   handoff: bool) -> None:
+    """A dp_reshardable optimizer state loads only at the tensor-parallel size it was saved at:
+    say so before the model is built, rather than fail deep inside the load."""
+    saved_tp = common.get("layout", {}).get("tp")
+    tp = recipe.parallel.tensor_model_parallel_size
+    if optimizer_format == FULLY_RESHARDABLE or saved_tp in (None, tp):
+        return
+    weights_only = "set checkpoint.pretrained_load_optim=false to take its weights only, " if handoff else ""
+    raise CheckpointError(
+        f"parallel.tensor_model_parallel_size={tp}: {path} holds its optimizer state for tensor parallel size "
+        f"{saved_tp} only (saved before its run's last iteration, see checkpoint.dist_ckpt_optim_fully_reshardable); "
+        f"use tensor_model_parallel_size={saved_tp} (any data or context parallel size), {weights_only}or start from "
+        f"the run's last checkpoint")
+
+
 @dataclass
 class StartPlan:
     """What ``Checkpointer.load`` will do, found without reading any tensor data."""
@@ -93,6 +121,7 @@ class StartPlan:
     path: Optional[Path] = None      # None with "initialize": the pretrained checkpoint is not written yet
     common: dict = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
+    optimizer_format: str = FULLY_RESHARDABLE  # of path's optimizer state
 
 
 def _checked_common_state(path: Path, remedy: Callable[[int, Path], str]) -> tuple:
@@ -113,7 +142,7 @@ def plan_start(recipe: Recipe) -> StartPlan:
     with restricted_unpickling():
         path = find_checkpoint(resume_from, c.ckpt_step, resume_remedy, "checkpoint.ckpt_step") if resume_from else None
         if path is not None:
-            common, _ = _checked_common_state(path, resume_remedy)
+            common, tensors = _checked_common_state(path, resume_remedy)
             if "train_state" not in common:  # every training checkpoint of this project has one
                 key, remedy = (("checkpoint.load", "instead of checkpoint.load") if c.load
                                else ("checkpoint.save", "and another checkpoint.save"))
@@ -121,7 +150,9 @@ def plan_start(recipe: Recipe) -> StartPlan:
                                       f"checkpoint of this project (imported, or saved by Megatron-LM): to start from "
                                       f"its weights, set checkpoint.pretrained_checkpoint={resume_from} {remedy}")
             note = check_resume(common["recipe"], recipe, str(path)) if "recipe" in common else None
-            return StartPlan("resume", path, common, [note] if note else [])
+            optimizer_format = saved_optimizer_format(tensors)
+            refuse_optimizer_layout_change(common, optimizer_format, recipe, path, handoff=False)
+            return StartPlan("resume", path, common, [note] if note else [], optimizer_format)
         if c.ckpt_step is not None:
             raise CheckpointError(f"checkpoint.ckpt_step={c.ckpt_step}: no checkpoint.load or checkpoint.save to take "
                                   f"it from")
@@ -134,10 +165,13 @@ def plan_start(recipe: Recipe) -> StartPlan:
     saved_model = saved_model_section(common)
     if saved_model:
         check_model_shapes(saved_model, recipe.model, str(path))
-    if c.pretrained_load_optim and not any(name.startswith("optimizer.") for name in tensors):
-        raise CheckpointError(f"checkpoint.pretrained_load_optim: {path} holds no optimizer state "
-                              "(e.g. an imported HF model); set checkpoint.pretrained_load_optim=false")
-    return StartPlan("initialize", path, common)
+    optimizer_format = saved_optimizer_format(tensors)
+    if c.pretrained_load_optim:
+        if not any(name.startswith("optimizer.") for name in tensors):
+            raise CheckpointError(f"checkpoint.pretrained_load_optim: {path} holds no optimizer state "
+                                  "(e.g. an imported HF model); set checkpoint.pretrained_load_optim=false")
+        refuse_optimizer_layout_change(common, optimizer_format, recipe, path, handoff=True)
+    return StartPlan("initialize", path, common, optimizer_format=optimizer_format)
 
 
 def _use_recipe_learning_rates(optimizer_state, recipe: Recipe) -> None:
@@ -277,24 +311,30 @@ class Checkpointer:
         return gathered
 
     # -- sharded state ---------------------------------------------------------------
-    def _metadata(self) -> dict:
+    def _metadata(self, optimizer_format: str) -> dict:
         from megatron.core import parallel_state
 
-        # fully_reshardable: the optimizer state can be loaded into any DP/CP/TP layout
-        # (stage 1 at TP=2 -> stage 2 at CP=8; resume on a different node count).
         return {
-            "distrib_optim_sharding_type": "fully_reshardable" if self.recipe.train.device == "cuda" else "dp_reshardable",
+            "distrib_optim_sharding_type": optimizer_format,
             "singleton_local_shards": False,
             "chained_optim_avoid_prefix": True,
             "dp_cp_group": parallel_state.get_data_parallel_group(with_context_parallel=True),
         }
 
-    def _sharded_state(self, with_optimizer: bool, with_rng: bool, loading: bool) -> dict:
+    def _format_to_save(self, iteration: int) -> str:
+        """fully_reshardable where checkpoint.dist_ckpt_optim_fully_reshardable asks for it (by
+        default the run's last save, which the next stage may load at another layout)."""
+        when = self.recipe.checkpoint.dist_ckpt_optim_fully_reshardable
+        last = iteration >= self.recipe.train.train_iters
+        return FULLY_RESHARDABLE if when == "every" or (when == "last" and last) else DP_RESHARDABLE
+
+    def _sharded_state(self, optimizer_format: Optional[str], with_rng: bool, loading: bool) -> dict:
+        """The model's sharded state, with the optimizer's in ``optimizer_format`` unless None."""
         from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-        meta = self._metadata()
+        meta = self._metadata(optimizer_format or DP_RESHARDABLE)
         state = {"model": self.model.module.sharded_state_dict(metadata=meta)}
-        if with_optimizer:
+        if optimizer_format:
             state["optimizer"] = self.optimizer.sharded_state_dict(state["model"], is_loading=loading, metadata=meta)
         if with_rng:
             L = self.layout
@@ -344,13 +384,14 @@ class Checkpointer:
             tmp.mkdir()
         dist.barrier()
         with parameters_gathered(self.model):
-            sharded = self._sharded_state(with_optimizer=True, with_rng=True, loading=False)
+            optimizer_format = self._format_to_save(state.iteration)
+            sharded = self._sharded_state(optimizer_format, with_rng=True, loading=False)
             sharded["train_state"] = asdict(state)
             sharded["scheduler"] = self.scheduler.state_dict()
             sharded["layout"] = {"tp": self.layout.tp_size, "cp": self.layout.cp_size, "dp": self.layout.dp_size}
             sharded["recipe"] = to_yaml(self.recipe)
             dist_checkpointing.save(sharded, str(tmp), sharded_strategy=self._strategies(save=True),
-                                    content_metadata=self._metadata() | {"dp_cp_group": None})
+                                    content_metadata=self._metadata(optimizer_format) | {"dp_cp_group": None})
         dist.barrier()
         size, checksums = self._write_manifest(tmp, state.iteration)
         self._on_rank0(lambda: self._publish(root, tmp, final, state.iteration))
@@ -415,10 +456,13 @@ class Checkpointer:
         return CheckpointError(message)
 
     # -- load ------------------------------------------------------------------------
-    def _load(self, path: Path, with_optimizer: bool, with_rng: bool) -> dict:
+    def _load(self, path: Path, optimizer_format: Optional[str], with_rng: bool) -> dict:
+        """Load the model from ``path``, and its optimizer state (saved in ``optimizer_format``)
+        unless that is None."""
         from megatron.core import dist_checkpointing
 
-        sharded = self._sharded_state(with_optimizer, with_rng, loading=True)
+        with_optimizer = optimizer_format is not None
+        sharded = self._sharded_state(optimizer_format, with_rng, loading=True)
         try:
             with original_errors():
                 loaded = dist_checkpointing.load(sharded, str(path), sharded_strategy=self._strategies(save=False))
@@ -519,7 +563,7 @@ class Checkpointer:
                 state = self._resume(plan)
             elif plan.kind == "initialize":
                 self._verify_checksums(plan.path, pretrained_remedy)
-                self._load(plan.path, with_optimizer=c.pretrained_load_optim, with_rng=False)
+                self._load(plan.path, plan.optimizer_format if c.pretrained_load_optim else None, with_rng=False)
                 state = TrainState()
                 self.log(f"initialized from {plan.path} ({'weights and optimizer state' if c.pretrained_load_optim else 'weights only'}); "
                          "iteration and LR schedule start over")
@@ -535,7 +579,7 @@ class Checkpointer:
         self._verify_checksums(path, resume_remedy)
         saved = common.get("layout", {})
         same_layout = saved.get("tp") == self.layout.tp_size and saved.get("cp") == self.layout.cp_size
-        self._load(path, with_optimizer=True, with_rng=same_layout)
+        self._load(path, plan.optimizer_format, with_rng=same_layout)
         self._warn_schedule_changes(common["scheduler"])
         self.scheduler.load_state_dict(common["scheduler"])
         state = TrainState(**common["train_state"])

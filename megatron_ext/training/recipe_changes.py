@@ -4,7 +4,8 @@ Resume continues a run exactly, so only keys that do not change what is trained 
 
 - may change: ``train.train_iters`` (extend a run), ``train.micro_batch_size``,
   ``train.exit_after_iters``, ``train.device``, ``train.preflight``, the parallel layout,
-  memory knobs and precision (checkpoints are resharded on load), the optimizer's and
+  memory knobs and precision (checkpoints are resharded on load; the tensor-parallel size only
+  from a fully reshardable optimizer state, checkpoint.py), the optimizer's and
   scheduler's numbers (the recipe wins, with a warning) and its CPU offload, ``checkpoint.*``,
   ``logging.*``, ``data.num_workers``, ``data.verify_checksums``, ``data.balance_data_parallel``
   (same samples per batch), ``name``;

@@ -3,7 +3,7 @@ stage handoff, and data/tensor parallelism matching one rank (signals: test_sign
 
 import pytest
 
-from train_runner import TINY_CPU, losses, train
+from train_runner import TINY_CPU, losses, optimizer_format, train
 
 
 def run(tmp_path, *overrides, env, nproc=1, name="run"):
@@ -103,3 +103,57 @@ def test_two_ranks_match_one_rank(tmp_path, python_env, layout):
     assert rc == 0, out
     for (it1, l1), (it2, l2) in zip(losses(one), losses(two)):
         assert it1 == it2 and l1 == pytest.approx(l2, rel=1e-5, abs=1e-5)
+
+
+TP2 = ["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=false"]
+
+
+@pytest.mark.slow
+def test_last_save_hands_the_optimizer_state_to_another_tensor_parallel_size(tmp_path, python_env):
+    """Periodic saves keep each rank's optimizer shard as it is (fast); the last one is fully
+    reshardable, so the next stage can load the Adam moments at another layout."""
+    common = ["model.num_query_groups=2", "train.train_iters=4", "checkpoint.save_interval=2"]
+    rc, out, _ = run(tmp_path, *common, *TP2, f"checkpoint.save={tmp_path}/tp2", name="tp2", env=python_env, nproc=2)
+    assert rc == 0, out
+    assert optimizer_format(tmp_path / "tp2/iter_0000002") == "dp_reshardable"
+    assert optimizer_format(tmp_path / "tp2/iter_0000004") == "fully_reshardable"
+    # Iteration 2's optimizer state cannot move to TP 1: one line naming the key, before the model is built.
+    rc, out, m = run(tmp_path, *common, "checkpoint.ckpt_step=2", f"checkpoint.load={tmp_path}/tp2",
+                     f"checkpoint.save={tmp_path}/tp1", name="refused", env=python_env)
+    assert rc != 0 and m == [], out
+    assert "parallel.tensor_model_parallel_size=1:" in out and "tensor parallel size 2 only" in out, out
+    # The reference: the same run saving each rank's shard as it is, handed over at TP 2.
+    rc, out, _ = run(tmp_path, *common, *TP2, "checkpoint.dist_ckpt_optim_fully_reshardable=never",
+                     f"checkpoint.save={tmp_path}/tp2_never", name="tp2_never", env=python_env, nproc=2)
+    assert rc == 0 and optimizer_format(tmp_path / "tp2_never/iter_0000004") == "dp_reshardable", out
+    # The last save hands weights and Adam moments over at TP 1 exactly as that one does at TP 2.
+    stage2 = ["model.num_query_groups=2", "train.train_iters=3", "scheduler.lr_warmup_fraction=null",
+              "checkpoint.save=null", "checkpoint.save_interval=null"]
+    rc, out, at_tp1 = run(tmp_path, *stage2, f"checkpoint.pretrained_checkpoint={tmp_path}/tp2",
+                          "checkpoint.pretrained_load_optim=true", name="h1", env=python_env)
+    assert rc == 0 and "weights and optimizer state" in out, out
+    rc, out, at_tp2 = run(tmp_path, *stage2, *TP2, f"checkpoint.pretrained_checkpoint={tmp_path}/tp2_never",
+                          "checkpoint.pretrained_load_optim=true", name="h2", env=python_env, nproc=2)
+    assert rc == 0, out
+    rc, out, fresh_moments = run(tmp_path, *stage2, f"checkpoint.pretrained_checkpoint={tmp_path}/tp2", name="h0",
+                                 env=python_env)
+    assert rc == 0, out
+    assert len(at_tp1) == len(at_tp2) == 3
+    for (it1, l1), (it2, l2) in zip(losses(at_tp1), losses(at_tp2)):
+        assert it1 == it2 and l1 == pytest.approx(l2, rel=1e-5, abs=1e-5)
+    assert at_tp1[1]["loss"] != pytest.approx(fresh_moments[1]["loss"], rel=1e-4)  # the moments did carry over
+
+
+@pytest.mark.slow
+def test_periodic_save_resumes_at_another_data_parallel_size(tmp_path, python_env):
+    common = ["train.train_iters=4", "checkpoint.save_interval=100"]
+    rc, out, straight = run(tmp_path, *common, f"checkpoint.save={tmp_path}/a", name="a", env=python_env)
+    assert rc == 0, out
+    rc, out, _ = run(tmp_path, *common, f"checkpoint.save={tmp_path}/b", "train.exit_after_iters=2", name="b",
+                     env=python_env)
+    assert rc == 3 and optimizer_format(tmp_path / "b/iter_0000002") == "dp_reshardable", out
+    rc, out, resumed = run(tmp_path, *common, f"checkpoint.save={tmp_path}/b", name="b2", env=python_env, nproc=2)
+    assert rc == 0 and "resumed from" in out, out
+    assert [it for it, _ in losses(resumed)] == [3, 4]
+    for (_, l1), (_, l2) in zip(losses(resumed), losses(straight)[2:]):
+        assert l1 == pytest.approx(l2, rel=1e-5, abs=1e-5)

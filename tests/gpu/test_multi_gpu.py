@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from megatron_ext.net import free_port
-from train_runner import REPO, losses, train
+from train_runner import REPO, losses, optimizer_format, train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]
@@ -44,7 +44,7 @@ def test_tensor_parallel_matches_one_gpu(parity):
     assert r["loss_rel_diff"] < LOSS_RTOL and r["grad_norm_rel_diff_max"] < GRAD_RTOL, r
 
 
-def test_resume_at_cp1_from_a_cp2_checkpoint(results, env):
+def test_resume_and_handoff_at_cp1_from_a_cp2_run(results, env):
     common = ["recipes/tiny/prolong_stage1.yaml", *QUIET, "train.train_iters=6", "checkpoint.save_interval=3",
               "parallel.cp_comm_type=a2a"]
     rc, out, cp2 = train([*common, "parallel.context_parallel_size=2", f"checkpoint.save={results}/ck/cp2"],
@@ -62,6 +62,15 @@ def test_resume_at_cp1_from_a_cp2_checkpoint(results, env):
                                                             "max_rel_diff": max(rel)}, indent=2))
     assert [a[0] for a, _ in pairs] == [b[0] for _, b in pairs] == [4, 5, 6]
     assert max(rel) < LOSS_RTOL
+    # Iteration 3 held each rank's optimizer shard as it is; the last save is fully reshardable
+    # and hands its Adam moments over at CP 1 (the stage handoff's path).
+    assert optimizer_format(results / "ck/cp2/iter_0000003") == "dp_reshardable"
+    assert optimizer_format(results / "ck/cp2/iter_0000006") == "fully_reshardable"
+    rc, out, _ = train([*common, "checkpoint.save=null", "checkpoint.save_interval=null", "train.train_iters=2",
+                        "scheduler.lr_warmup_fraction=null",
+                        f"checkpoint.pretrained_checkpoint={results}/ck/cp2", "checkpoint.pretrained_load_optim=true"],
+                       results / "handoff_cp1.jsonl", env)
+    assert rc == 0 and "weights and optimizer state" in out, out[-4000:]
 
 
 def test_ring_attention_trains_like_a2a(results, env):
