@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from megatron_ext.planning.terms import Calibration, Term
-from megatron_ext.planning.throughput import RECOMPUTE_ATTENTION, RECOMPUTE_GEMMS, time_terms
+from megatron_ext.planning.throughput import OUTPUT_GEMMS, RECOMPUTE_ATTENTION, RECOMPUTE_GEMMS, time_terms
 from megatron_ext.planning.workload import run_work
 # (group, measured categories, exposed time only, planner terms: a name ending in a space is a prefix)
 GROUPS: Tuple[Tuple[str, Tuple[str, ...], bool, Tuple[str, ...]], ...] = (
-    ("GEMMs and elementwise", ("GEMMs", "other kernels"), False, ("GEMMs",)),
+    ("GEMMs and elementwise", ("GEMMs", "other kernels"), False, ("GEMMs", OUTPUT_GEMMS)),
     ("attention forward", ("attention forward",), False, ("attention",)),
     ("attention backward", ("attention backward",), False, ("attention backward",)),
     ("recompute", ("recompute (forward again)",), False, (RECOMPUTE_GEMMS, RECOMPUTE_ATTENTION)),

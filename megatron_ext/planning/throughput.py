@@ -2,7 +2,7 @@
 
 Compute: hardware FLOPs (model FLOPs from ``FlopsModel`` plus what recompute runs again, plus
 the output GEMM the chunked loss recomputes) over the dense bf16 peak, times an inverse
-efficiency per kind (GEMMs bf16 or FP8, attention). Attention is counted on the slowest
+efficiency per kind (the layers' GEMMs bf16 or FP8, the output layer's bf16, attention). Attention is counted on the slowest
 data-parallel rank's documents (``workload.rank_work``). Communication: bytes each GPU moves
 (tensor-parallel all-gathers/reduce-scatters, context-parallel exchanges, data-parallel
 gradient reduce-scatter and parameter all-gather, host transfers of offloading) times
@@ -23,6 +23,7 @@ from megatron_ext.training.metrics import FlopsModel
 
 GB = 1e9
 RECOMPUTE_GEMMS, RECOMPUTE_ATTENTION = "GEMMs (recompute)", "attention (recompute)"
+OUTPUT_GEMMS = "output layer GEMMs"
 # TP collectives of one layer with sequence parallelism: forward all-gathers before the qkv
 # and fc1 GEMMs and reduce-scatters after proj and fc2; backward their duals plus the two
 # all-gathers TE repeats for the weight gradients.
@@ -78,7 +79,10 @@ def time_terms(recipe: Recipe, world_size: int, work: RankWork, peak_tflops: flo
     # Forward, backward (2x the forward's FLOPs, its own efficiency) and recompute apart, as a
     # profile separates them (profiling.py).
     terms = [
-        Term("GEMMs", per_gpu * (3 * layers * layer_fwd + 4 * output_fwd) / peak, gemm_constant),
+        Term("GEMMs", per_gpu * 3 * layers * layer_fwd / peak, gemm_constant),
+        # The output layer (Megatron's ColumnParallelLinear) and the chunked loss that recomputes
+        # its GEMM are not Transformer Engine modules: bf16 also under FP8.
+        Term(OUTPUT_GEMMS, per_gpu * 4 * output_fwd / peak, "gemm_bf16"),
         Term("attention", pairs_per_gpu * attention_fwd * layers / peak, attention_constant),
         Term("attention backward", pairs_per_gpu * attention_fwd * 2 * layers / peak, attention_constant + "_backward"),
         Term(RECOMPUTE_GEMMS, per_gpu * rerun_gemm / peak, gemm_constant),

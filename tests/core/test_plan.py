@@ -83,12 +83,17 @@ def test_time_terms_count_recompute_and_the_slowest_rank():
     terms = {t.name: t for t in time_terms(recipe, 1, work, peak_tflops=100)}
     layer, output = 2 * 737_280, 2 * 256 * 128256                    # forward FLOPs per token
     # 3 passes of every layer, the output GEMM 3x + once more in the loss; the recompute pass apart.
-    assert terms["GEMMs"].amount == pytest.approx(8 * 4096 * (3 * 4 * layer + 4 * output) / 100e12)
+    assert terms["GEMMs"].amount == pytest.approx(8 * 4096 * 3 * 4 * layer / 100e12)
+    assert terms["output layer GEMMs"].amount == pytest.approx(8 * 4096 * 4 * output / 100e12)
     assert terms["GEMMs (recompute)"].amount == pytest.approx(8 * 4096 * 4 * layer / 100e12)
     assert terms["attention"].amount == pytest.approx(1e9 * 4 * 256 * 4 / 4 * 4 / 100e12)
     assert terms["attention backward"].amount == pytest.approx(2 * terms["attention"].amount)
     assert terms["attention (recompute)"].amount == pytest.approx(1e9 * 4 * 256 * 4 / 4 * 4 / 100e12)
     assert terms["GEMMs"].constant == terms["GEMMs (recompute)"].constant == "gemm_bf16"
+    # FP8 is Transformer Engine's: the layers' GEMMs, not the output layer's or the loss's.
+    fp8 = {t.name: t for t in time_terms(load_recipe(TINY, [*FULL_RECOMPUTE, "precision.fp8=hybrid"]), 1, work, 100)}
+    assert fp8["GEMMs"].constant == fp8["GEMMs (recompute)"].constant == "gemm_fp8"
+    assert fp8["output layer GEMMs"].constant == "gemm_bf16"
     assert terms["per micro-batch overhead"].amount == 8
     assert "TP communication" not in terms and "DP gradient reduce-scatter" not in terms
 
@@ -357,7 +362,8 @@ def test_a_profile_separates_gemm_from_attention_efficiency(tmp_path, calibratio
                                         "exposed_ms": {}}))
     terms = {t.name: truth.value(t) * 1e3 for t in load_profile(profile_path).terms}
     profile_path.write_text(json.dumps({**command, "overrides": base, "profiled_iteration": 3,
-                                        "by_category_ms": {"GEMMs": terms["GEMMs"], "attention forward": terms["attention"],
+                                        "by_category_ms": {"GEMMs": terms["GEMMs"] + terms["output layer GEMMs"],
+                                                           "attention forward": terms["attention"],
                                                            "attention backward": terms["attention backward"],
                                                            "recompute (forward again)": terms[RECOMPUTE_GEMMS] + terms[RECOMPUTE_ATTENTION],
                                                            "TP communication": 5 * terms["TP communication"]},
