@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -69,12 +70,13 @@ def run(recipe: str, recipe_file: Path, r: Recipe, overrides: list, nproc: int, 
         label: str) -> dict:
     """One measured launch of ``recipe`` (as named in the row; ``recipe_file`` resolved, ``r``
     loaded with ``overrides``)."""
-    metrics = log_dir / f"{label}.jsonl"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", label)  # a label is free text ("stock causal"); file names are not
+    metrics = log_dir / f"{stem}.jsonl"
     metrics.unlink(missing_ok=True)
     cmd = ["torchrun", f"--nproc-per-node={nproc}", f"--master-port={free_port()}", "-m", "megatron_ext.train",
            str(recipe_file), *overrides, f"logging.metrics_jsonl={metrics}", "logging.progress_bar=false"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    with open(log_dir / f"{label}.log", "w") as log:
+    with open(log_dir / f"{stem}.log", "w") as log:
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     p, t = r.parallel, r.train
@@ -91,7 +93,7 @@ def run(recipe: str, recipe_file: Path, r: Recipe, overrides: list, nproc: int, 
         "document_masking": t.reset_attention_mask,
     }
     if rc != 0 or len(rows) <= warmup:
-        log = (log_dir / f"{label}.log").read_text()
+        log = (log_dir / f"{stem}.log").read_text()
         oom = _out_of_memory(log)
         if oom:
             return {**row, "oom": True, "fit": False, "note": oom, "iterations_logged": len(rows),
