@@ -16,8 +16,8 @@
 #   benchmarks/perf_sweep.sh --list
 #   DRY_RUN=1 benchmarks/perf_sweep.sh OUT all   # no GPU: validate every case, print the planner's predictions
 #
-# Afterwards:  python tools/plan.py --calibrate reports/data/perf_2xh200_2026-11-29/baseline.jsonl reports/perf/2xh200.jsonl \
-#                  OUT/runs.jsonl OUT/profile_*/profile_row.json
+# Afterwards:  python tools/plan.py --calibrate $(python -c 'import json; print(*json.load(open("megatron_ext/planning/calibration.json"))["fitted_on"])') \
+#                  OUT/runs.jsonl OUT/profile_*/profile_row.json     (the shipped constants' sources, then the new rows)
 # shows how well the planner predicted every run, refits its constants (add --write to keep them).
 # Stage-1 cases share the baseline's command (global batch 4, 7 iterations, 3 of warm-up), so
 # they measure the very same samples; stage-2 cases likewise. A case that runs out of memory
@@ -53,7 +53,7 @@ DP2=(recipes/bench/llama3_8b_64k.yaml model.num_layers=8 parallel.tensor_model_p
 
 # For a 1-GPU machine (measured 2026-11-30, sixth session): the owed 4-layer row, then stage 2's compute side.
 ONEGPU=(layers4_document_vs_stock l4_128k_full l4_128k_selective_mlp l4_128k_fp8 l4_128k_fp8_selective_mlp
-        l4_128k_none profile_l4_128k)
+        l4_128k_none profile_l4_128k profile_l4_128k_fp8)
 # As measured on 2026-11-30 (one session), then what that session left to measure:
 STAGE1=(s1_baseline s1_selective_mlp s1_tp_comm_overlap s1_selective_tp_overlap s1_fp8_baseline
         s1_fp8_selective_tp_overlap profile_s1 s1_fp8_selective_mlp)
@@ -75,7 +75,8 @@ ALL=(s1_baseline s1_default_connections s1_selective_mlp s1_block_24 s1_block_16
      s2_fp8 s2_selective_offload s2_block_30 s2_tp2 s2_tp2_selective_offload s2_fp8_tp2_selective_offload s2_fp8_tp2_offload_inputs
      s3_256k s3_256k_optimizer_offload s3_256k_tp2
      dp2_balanced dp2_in_order layers4_document_vs_stock layers2_512k_one_document l4_128k_full l4_128k_selective_mlp
-     l4_128k_none l4_128k_fp8 l4_128k_fp8_selective_mlp profile_s1 profile_s2 profile_s3 profile_l4_128k)
+     l4_128k_none l4_128k_fp8 l4_128k_fp8_selective_mlp profile_s1 profile_s2 profile_s3 profile_l4_128k
+     profile_l4_128k_fp8)
 
 record() {  # DRY_RUN: note the case for validation and prediction at the end
     python -c 'import json, sys; a = sys.argv[1:]
@@ -184,6 +185,7 @@ run_case() {
         l4_128k_fp8)            bench "$1" 1 2 "${L4_128K[@]}" precision.fp8=hybrid ;;
         l4_128k_fp8_selective_mlp) bench "$1" 1 2 "${L4_128K[@]}" "${SELECTIVE_MLP[@]}" precision.fp8=hybrid ;;
         profile_l4_128k)        profile "$1" 1 2 "${L4_128K[@]}" ;;
+        profile_l4_128k_fp8)    profile "$1" 1 2 "${L4_128K[@]}" precision.fp8=hybrid ;;
         # Item 0: where the time goes in each baseline.
         profile_s1)             profile "$1" 2 3 "${S1[@]}" ;;
         profile_s2)             profile "$1" 2 2 "${S2[@]}" ;;

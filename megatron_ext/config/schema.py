@@ -205,8 +205,9 @@ class CheckpointConfig:
     # --dist-ckpt-optim-fully-reshardable, here per save): `every`, `last` (only the save at
     # train.train_iters: the stage handoff) or `never`. Such a save gathers the optimizer state
     # of a whole data(+context)-parallel group on every rank of it (host memory: 12 bytes per
-    # parameter of the rank's tensor-parallel shard, per rank) and is slow (docs/slurm.md); the
-    # other saves (dp_reshardable) resume at the same tensor-parallel size, any DP or CP size.
+    # parameter of the rank's tensor-parallel shard, per rank; loading it costs the same) and is
+    # slow (docs/slurm.md); the other saves (dp_reshardable) resume at any DP or CP size with
+    # the same TP size, gradient bucketing and precision (checkpoint.py: BUFFER_LAYOUT_KEYS).
     dist_ckpt_optim_fully_reshardable: str = one_of("last", ("every", "last", "never"))
 
 

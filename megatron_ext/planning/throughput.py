@@ -80,8 +80,8 @@ def time_terms(recipe: Recipe, world_size: int, work: RankWork, peak_tflops: flo
     # profile separates them (profiling.py).
     terms = [
         Term("GEMMs", per_gpu * 3 * layers * layer_fwd / peak, gemm_constant),
-        # The output layer (Megatron's ColumnParallelLinear) and the chunked loss that recomputes
-        # its GEMM are not Transformer Engine modules: bf16 also under FP8.
+        # The output layer's GEMMs are ours (linear_cross_entropy: torch matmuls on its weight,
+        # forward, backward and the loss's recompute), not Transformer Engine's: bf16 under FP8.
         Term(OUTPUT_GEMMS, per_gpu * 4 * output_fwd / peak, "gemm_bf16"),
         Term("attention", pairs_per_gpu * attention_fwd * layers / peak, attention_constant),
         Term("attention backward", pairs_per_gpu * attention_fwd * 2 * layers / peak, attention_constant + "_backward"),

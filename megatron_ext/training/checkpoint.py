@@ -86,31 +86,49 @@ def pretrained_remedy(iteration: int, path: Path) -> str:
 
 
 # Megatron-Core's distributed-optimizer formats: model-space tensors any layout loads (gathered
-# across the data-parallel group at save), or each rank's flat buffer shard as it is (fast; loads
-# at the same tensor-parallel size only: the buffers' layout follows the TP-sharded parameters).
+# across the data-parallel group at save and again at load), or each rank's flat buffer shard as
+# it is (fast; loads only into the same buffers: same TP size, bucketing and parameter dtype).
 FULLY_RESHARDABLE, DP_RESHARDABLE = "fully_reshardable", "dp_reshardable"
+# What shapes a rank's optimizer buffers besides its DP/CP share, recorded with each save:
+# (layout key, recipe key). DP and CP may change (the bucket size does not follow DP: optim.py).
+BUFFER_LAYOUT_KEYS = (("tp", "parallel.tensor_model_parallel_size"),
+                      ("overlap_grad_reduce", "parallel.overlap_grad_reduce"),  # off: one bucket
+                      ("bf16", "precision.bf16"))                               # the buffers' dtype
+
+
+def buffer_layout(recipe: Recipe) -> dict:
+    p = recipe.parallel
+    return {"tp": p.tensor_model_parallel_size, "overlap_grad_reduce": p.overlap_grad_reduce,
+            "bf16": recipe.precision.bf16}
 
 
 def saved_optimizer_format(tensor_names) -> str:
-    """The format of a checkpoint's optimizer state, from its tensor names (also for checkpoints
-    saved before the format was a recipe setting)."""
+    """dp_reshardable for a distributed optimizer's per-rank buffers, else fully_reshardable: any
+    layout loads the others (model-space tensors, as also the regular optimizer saves, or none).
+    From the tensor names, so also for checkpoints saved before the format was a setting."""
     return DP_RESHARDABLE if any(n.startswith("optimizer.distributed.") for n in tensor_names) else FULLY_RESHARDABLE
 
 
 def refuse_optimizer_layout_change(common: dict, optimizer_format: str, recipe: Recipe, path: Path,
                                    handoff: bool) -> None:
-    """A dp_reshardable optimizer state loads only at the tensor-parallel size it was saved at:
-    say so before the model is built, rather than fail deep inside the load."""
-    saved_tp = common.get("layout", {}).get("tp")
-    tp = recipe.parallel.tensor_model_parallel_size
-    if optimizer_format == FULLY_RESHARDABLE or saved_tp in (None, tp):
+    """A per-rank (dp_reshardable) optimizer state loads only into the buffers it came from: say
+    which key differs before the model is built, rather than fail deep inside the load."""
+    if optimizer_format == FULLY_RESHARDABLE:
         return
+    saved, current = common.get("layout", {}), buffer_layout(recipe)
+    changed = [(name, saved[key], current[key]) for key, name in BUFFER_LAYOUT_KEYS
+               if key in saved and saved[key] != current[key]]  # (older checkpoints record TP only)
+    if not recipe.parallel.use_distributed_optimizer:
+        changed.insert(0, ("parallel.use_distributed_optimizer", True, False))
+    if not changed:
+        return
+    name, was, now = changed[0]
     weights_only = "set checkpoint.pretrained_load_optim=false to take its weights only, " if handoff else ""
     raise CheckpointError(
-        f"parallel.tensor_model_parallel_size={tp}: {path} holds its optimizer state for tensor parallel size "
-        f"{saved_tp} only (saved before its run's last iteration, see checkpoint.dist_ckpt_optim_fully_reshardable); "
-        f"use tensor_model_parallel_size={saved_tp} (any data or context parallel size), {weights_only}or start from "
-        f"the run's last checkpoint")
+        f"{name}={now}: {path} holds its optimizer state per rank (saved with checkpoint."
+        f"dist_ckpt_optim_fully_reshardable not asking for every save), which loads only with {name}={was} as "
+        f"saved (any data or context parallel size); use that, {weights_only}or start from a fully reshardable "
+        f"save (a run's last, by default)")
 
 
 @dataclass
@@ -332,7 +350,7 @@ class Checkpointer:
         """The model's sharded state, with the optimizer's in ``optimizer_format`` unless None."""
         from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-        meta = self._metadata(optimizer_format or DP_RESHARDABLE)
+        meta = self._metadata(optimizer_format or DP_RESHARDABLE)  # (without the optimizer, unused)
         state = {"model": self.model.module.sharded_state_dict(metadata=meta)}
         if optimizer_format:
             state["optimizer"] = self.optimizer.sharded_state_dict(state["model"], is_loading=loading, metadata=meta)
@@ -388,7 +406,8 @@ class Checkpointer:
             sharded = self._sharded_state(optimizer_format, with_rng=True, loading=False)
             sharded["train_state"] = asdict(state)
             sharded["scheduler"] = self.scheduler.state_dict()
-            sharded["layout"] = {"tp": self.layout.tp_size, "cp": self.layout.cp_size, "dp": self.layout.dp_size}
+            sharded["layout"] = {"tp": self.layout.tp_size, "cp": self.layout.cp_size, "dp": self.layout.dp_size,
+                                 **buffer_layout(self.recipe)}
             sharded["recipe"] = to_yaml(self.recipe)
             dist_checkpointing.save(sharded, str(tmp), sharded_strategy=self._strategies(save=True),
                                     content_metadata=self._metadata(optimizer_format) | {"dp_cp_group": None})

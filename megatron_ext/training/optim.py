@@ -8,12 +8,19 @@ from megatron_ext.config.schema import Recipe
 from megatron_ext.config.validate import decay_iters, warmup_iters
 
 
+# Gradient bucket size in parameters: Megatron-Core's default for up to 40 data-parallel ranks,
+# where its own grows with DP. Fixed, so that a per-rank optimizer checkpoint (its buffers are cut
+# into these buckets) resumes at any DP size.
+DDP_BUCKET_SIZE = 40_000_000
+
+
 def wrap_ddp(recipe: Recipe, config, model):
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     p = recipe.parallel
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
+        bucket_size=DDP_BUCKET_SIZE,
         overlap_grad_reduce=p.overlap_grad_reduce,
         overlap_param_gather=p.overlap_param_gather,
         use_distributed_optimizer=p.use_distributed_optimizer,

@@ -66,11 +66,14 @@ def test_resume_and_handoff_at_cp1_from_a_cp2_run(results, env):
     # and hands its Adam moments over at CP 1 (the stage handoff's path).
     assert optimizer_format(results / "ck/cp2/iter_0000003") == "dp_reshardable"
     assert optimizer_format(results / "ck/cp2/iter_0000006") == "fully_reshardable"
-    rc, out, _ = train([*common, "checkpoint.save=null", "checkpoint.save_interval=null", "train.train_iters=2",
-                        "scheduler.lr_warmup_fraction=null",
-                        f"checkpoint.pretrained_checkpoint={results}/ck/cp2", "checkpoint.pretrained_load_optim=true"],
-                       results / "handoff_cp1.jsonl", env)
+    handoff = [*common, "checkpoint.save=null", "checkpoint.save_interval=null", "train.train_iters=2",
+               "scheduler.lr_warmup_fraction=null", f"checkpoint.pretrained_checkpoint={results}/ck/cp2"]
+    rc, out, moments = train([*handoff, "checkpoint.pretrained_load_optim=true"], results / "handoff_cp1.jsonl", env)
     assert rc == 0 and "weights and optimizer state" in out, out[-4000:]
+    rc, out, fresh = train(handoff, results / "handoff_cp1_weights_only.jsonl", env)
+    assert rc == 0 and "weights only" in out, out[-4000:]
+    assert abs(moments[0]["loss"] - fresh[0]["loss"]) < LOSS_RTOL * fresh[0]["loss"]   # the same weights
+    assert moments[1]["loss"] != fresh[1]["loss"]                                        # the moments carried over
 
 
 def test_ring_attention_trains_like_a2a(results, env):
