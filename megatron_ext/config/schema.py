@@ -206,8 +206,8 @@ class CheckpointConfig:
     # train.train_iters: the stage handoff) or `never`. Such a save gathers the optimizer state
     # of a whole data(+context)-parallel group on every rank of it (host memory: 12 bytes per
     # parameter of the rank's tensor-parallel shard, per rank; loading it costs the same) and is
-    # slow (docs/slurm.md); the other saves (dp_reshardable) resume at any DP or CP size with
-    # the same TP size, gradient bucketing and precision (checkpoint.py: BUFFER_LAYOUT_KEYS).
+    # slow (docs/slurm.md); the other saves (dp_reshardable) resume at any DP or CP size with the
+    # same TP size, overlap_grad_reduce, precision.bf16 and train.device (recipe_changes.py).
     dist_ckpt_optim_fully_reshardable: str = one_of("last", ("every", "last", "never"))
 
 

@@ -65,8 +65,9 @@ from megatron_ext.training.checkpoint_manifest import (
     write_manifest,
 )
 from megatron_ext.training.distributed import Layout
-from megatron_ext.training.optim import parameters_gathered
-from megatron_ext.training.recipe_changes import check_model_shapes, check_resume, saved_model_section
+from megatron_ext.training.optim import DDP_BUCKET_SIZE, parameters_gathered
+from megatron_ext.training.recipe_changes import (check_model_shapes, check_optimizer_state, check_resume,
+                                                  saved_model_section)
 from megatron_ext.training.safe_load import (describe, original_errors, read_checked, read_common_state,
                                             restricted_unpickling, trusted_te_extra_state)
 
@@ -87,48 +88,15 @@ def pretrained_remedy(iteration: int, path: Path) -> str:
 
 # Megatron-Core's distributed-optimizer formats: model-space tensors any layout loads (gathered
 # across the data-parallel group at save and again at load), or each rank's flat buffer shard as
-# it is (fast; loads only into the same buffers: same TP size, bucketing and parameter dtype).
+# it is (fast; loads only into the same buffers: recipe_changes.PER_RANK_OPTIMIZER_KEYS).
 FULLY_RESHARDABLE, DP_RESHARDABLE = "fully_reshardable", "dp_reshardable"
-# What shapes a rank's optimizer buffers besides its DP/CP share, recorded with each save:
-# (layout key, recipe key). DP and CP may change (the bucket size does not follow DP: optim.py).
-BUFFER_LAYOUT_KEYS = (("tp", "parallel.tensor_model_parallel_size"),
-                      ("overlap_grad_reduce", "parallel.overlap_grad_reduce"),  # off: one bucket
-                      ("bf16", "precision.bf16"))                               # the buffers' dtype
-
-
-def buffer_layout(recipe: Recipe) -> dict:
-    p = recipe.parallel
-    return {"tp": p.tensor_model_parallel_size, "overlap_grad_reduce": p.overlap_grad_reduce,
-            "bf16": recipe.precision.bf16}
 
 
 def saved_optimizer_format(tensor_names) -> str:
     """dp_reshardable for a distributed optimizer's per-rank buffers, else fully_reshardable: any
-    layout loads the others (model-space tensors, as also the regular optimizer saves, or none).
+    layout loads the others (model-space tensors; the regular optimizer's too, into a regular one).
     From the tensor names, so also for checkpoints saved before the format was a setting."""
     return DP_RESHARDABLE if any(n.startswith("optimizer.distributed.") for n in tensor_names) else FULLY_RESHARDABLE
-
-
-def refuse_optimizer_layout_change(common: dict, optimizer_format: str, recipe: Recipe, path: Path,
-                                   handoff: bool) -> None:
-    """A per-rank (dp_reshardable) optimizer state loads only into the buffers it came from: say
-    which key differs before the model is built, rather than fail deep inside the load."""
-    if optimizer_format == FULLY_RESHARDABLE:
-        return
-    saved, current = common.get("layout", {}), buffer_layout(recipe)
-    changed = [(name, saved[key], current[key]) for key, name in BUFFER_LAYOUT_KEYS
-               if key in saved and saved[key] != current[key]]  # (older checkpoints record TP only)
-    if not recipe.parallel.use_distributed_optimizer:
-        changed.insert(0, ("parallel.use_distributed_optimizer", True, False))
-    if not changed:
-        return
-    name, was, now = changed[0]
-    weights_only = "set checkpoint.pretrained_load_optim=false to take its weights only, " if handoff else ""
-    raise CheckpointError(
-        f"{name}={now}: {path} holds its optimizer state per rank (saved with checkpoint."
-        f"dist_ckpt_optim_fully_reshardable not asking for every save), which loads only with {name}={was} as "
-        f"saved (any data or context parallel size); use that, {weights_only}or start from a fully reshardable "
-        f"save (a run's last, by default)")
 
 
 @dataclass
@@ -169,7 +137,7 @@ def plan_start(recipe: Recipe) -> StartPlan:
                                       f"its weights, set checkpoint.pretrained_checkpoint={resume_from} {remedy}")
             note = check_resume(common["recipe"], recipe, str(path)) if "recipe" in common else None
             optimizer_format = saved_optimizer_format(tensors)
-            refuse_optimizer_layout_change(common, optimizer_format, recipe, path, handoff=False)
+            check_optimizer_state(common, recipe, str(path), optimizer_format == DP_RESHARDABLE, handoff=False)
             return StartPlan("resume", path, common, [note] if note else [], optimizer_format)
         if c.ckpt_step is not None:
             raise CheckpointError(f"checkpoint.ckpt_step={c.ckpt_step}: no checkpoint.load or checkpoint.save to take "
@@ -188,7 +156,7 @@ def plan_start(recipe: Recipe) -> StartPlan:
         if not any(name.startswith("optimizer.") for name in tensors):
             raise CheckpointError(f"checkpoint.pretrained_load_optim: {path} holds no optimizer state "
                                   "(e.g. an imported HF model); set checkpoint.pretrained_load_optim=false")
-        refuse_optimizer_layout_change(common, optimizer_format, recipe, path, handoff=True)
+        check_optimizer_state(common, recipe, str(path), optimizer_format == DP_RESHARDABLE, handoff=True)
     return StartPlan("initialize", path, common, optimizer_format=optimizer_format)
 
 
@@ -407,7 +375,7 @@ class Checkpointer:
             sharded["train_state"] = asdict(state)
             sharded["scheduler"] = self.scheduler.state_dict()
             sharded["layout"] = {"tp": self.layout.tp_size, "cp": self.layout.cp_size, "dp": self.layout.dp_size,
-                                 **buffer_layout(self.recipe)}
+                                 "ddp_bucket_size": DDP_BUCKET_SIZE}
             sharded["recipe"] = to_yaml(self.recipe)
             dist_checkpointing.save(sharded, str(tmp), sharded_strategy=self._strategies(save=True),
                                     content_metadata=self._metadata(optimizer_format) | {"dp_cp_group": None})
@@ -485,19 +453,20 @@ class Checkpointer:
         try:
             with original_errors():
                 loaded = dist_checkpointing.load(sharded, str(path), sharded_strategy=self._strategies(save=False))
+                # The optimizer copies into views of parameters.
+                with torch.no_grad(), trusted_te_extra_state(loaded["model"]):
+                    self.model.module.load_state_dict(loaded["model"])
+                    if with_optimizer:
+                        _use_recipe_learning_rates(loaded["optimizer"], self.recipe)
+                        self.optimizer.load_state_dict(loaded["optimizer"])
+                    else:
+                        # The optimizer's fp32 master copies must follow the newly loaded weights.
+                        self.optimizer.reload_model_params()
         except CheckpointError:
             raise
         except Exception as e:  # name the checkpoint; Megatron's messages are deep
             what = "model and optimizer" if with_optimizer else "model"
             raise CheckpointError(f"could not load the {what} from {path}: {describe(e)}") from e
-        with torch.no_grad(), trusted_te_extra_state(loaded["model"]):  # the optimizer copies into views of parameters
-            self.model.module.load_state_dict(loaded["model"])
-            if with_optimizer:
-                _use_recipe_learning_rates(loaded["optimizer"], self.recipe)
-                self.optimizer.load_state_dict(loaded["optimizer"])
-            else:
-                # The optimizer's fp32 master copies must follow the newly loaded weights.
-                self.optimizer.reload_model_params()
         if with_rng:
             _set_rng_state(loaded["rng_state"])
         return loaded

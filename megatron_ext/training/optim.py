@@ -9,8 +9,8 @@ from megatron_ext.config.validate import decay_iters, warmup_iters
 
 
 # Gradient bucket size in parameters: Megatron-Core's default for up to 40 data-parallel ranks,
-# where its own grows with DP. Fixed, so that a per-rank optimizer checkpoint (its buffers are cut
-# into these buckets) resumes at any DP size.
+# where its own grows with DP (larger NCCL chunks). Fixed, so that a per-rank optimizer checkpoint
+# (its buffers are cut into these buckets) resumes at any DP size; the shipped recipes run at DP <= 32.
 DDP_BUCKET_SIZE = 40_000_000
 
 

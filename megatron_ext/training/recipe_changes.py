@@ -4,8 +4,8 @@ Resume continues a run exactly, so only keys that do not change what is trained 
 
 - may change: ``train.train_iters`` (extend a run), ``train.micro_batch_size``,
   ``train.exit_after_iters``, ``train.device``, ``train.preflight``, the parallel layout,
-  memory knobs and precision (checkpoints are resharded on load; the tensor-parallel size only
-  from a fully reshardable optimizer state, checkpoint.py), the optimizer's and
+  memory knobs and precision (checkpoints are resharded on load; an optimizer state saved per
+  rank only with the same ``PER_RANK_OPTIMIZER_KEYS``), the optimizer's and
   scheduler's numbers (the recipe wins, with a warning) and its CPU offload, ``checkpoint.*``,
   ``logging.*``, ``data.num_workers``, ``data.verify_checksums``, ``data.balance_data_parallel``
   (same samples per batch), ``name``;
@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from megatron_ext.config.schema import ModelConfig, Recipe
 from megatron_ext.config.validate import head_dim
 from megatron_ext.training.checkpoint_files import CheckpointError
+from megatron_ext.training.optim import DDP_BUCKET_SIZE
 
 # The common-state key under which tools/convert_hf_to_megatron.py records the model it imported.
 IMPORT_RECORD = "hf_import"
@@ -99,6 +100,40 @@ def check_resume(saved_yaml: str, recipe: Recipe, where: str) -> Optional[str]:
             f"not continue that run (other model, data stream or batch); use the checkpoint's values, or start a new stage from it with "
             f"checkpoint.pretrained_checkpoint={where} and another checkpoint.save")
     return f"resuming with recipe changes: {_listed(changes)}" if changes else None
+
+
+# A regular and a distributed optimizer save different trees of state, in every format.
+OPTIMIZER_KIND_KEYS = ("parallel.use_distributed_optimizer",)
+# What shapes a distributed optimizer's per-rank buffers (its dp_reshardable checkpoints) besides
+# the DP/CP share: the parameters a rank holds (TP), their order (Transformer Engine's modules on
+# GPUs, Megatron's local ones on the CPU), their dtype, and the gradient buckets (one bucket
+# without overlapped reduction; their size is fixed, optim.py, and recorded with each save).
+PER_RANK_OPTIMIZER_KEYS = ("parallel.tensor_model_parallel_size", "parallel.overlap_grad_reduce", "precision.bf16",
+                           "train.device")
+
+
+def check_optimizer_state(common: dict, recipe: Recipe, where: str, per_rank: bool, handoff: bool) -> None:
+    """Refuse, naming the keys, a recipe that the checkpoint's optimizer state (``per_rank``:
+    dp_reshardable) cannot be loaded into: before the model is built, not deep inside the load."""
+    if "recipe" not in common:
+        return
+    keys = OPTIMIZER_KIND_KEYS + (PER_RANK_OPTIMIZER_KEYS if per_rank else ())
+    saved = _flatten(yaml.safe_load(common["recipe"]) or {})
+    changes = [c for c in _differences(saved, _flatten(_as_dict(recipe))) if c[0] in keys]
+    # Saved before the size was recorded: Megatron's default, the same up to 40 data-parallel ranks.
+    bucket = common.get("layout", {}).get("ddp_bucket_size", DDP_BUCKET_SIZE)
+    if per_rank and bucket != DDP_BUCKET_SIZE:
+        changes.append(("gradient bucket size (megatron_ext/training/optim.py)", bucket, DDP_BUCKET_SIZE))
+    if not changes:
+        return
+    remedies = ["use the checkpoint's values"]
+    if handoff:
+        remedies.append("set checkpoint.pretrained_load_optim=false to take its weights only")
+    if any(key not in OPTIMIZER_KIND_KEYS for key, _, _ in changes):
+        remedies.append("start from a fully reshardable save (a run's last by default; this one keeps the state "
+                        "per rank: checkpoint.dist_ckpt_optim_fully_reshardable is not `every`)")
+    raise CheckpointError(f"{where}: its optimizer state loads only as saved: {_listed(changes)} (checkpoint -> "
+                          f"recipe); {', or '.join(remedies)}")
 
 
 def _head_dim(model: dict) -> int:

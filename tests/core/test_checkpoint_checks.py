@@ -22,7 +22,7 @@ from megatron_ext.training.checkpoint_manifest import (
     verify_checksums,
     write_manifest,
 )
-from megatron_ext.training.recipe_changes import check_model_shapes, check_resume
+from megatron_ext.training.recipe_changes import check_model_shapes, check_optimizer_state, check_resume
 
 
 # -- which checkpoint ---------------------------------------------------------------------
@@ -106,6 +106,24 @@ def test_a_moved_data_directory_resumes_but_another_file_does_not():
     current.data.domains[0].paths = ["/new/data/arxiv_text_document"]
     with pytest.raises(CheckpointError, match="data.domains.0.paths"):
         check_resume(to_yaml(saved), current, "ckpt")
+
+
+def test_a_per_rank_optimizer_state_moves_only_between_compatible_recipes():
+    saved = Recipe()
+    saved.train.device, saved.precision.bf16 = "cpu", False
+    common = {"recipe": to_yaml(saved), "layout": {"tp": 1, "cp": 1, "dp": 1, "ddp_bucket_size": 40_000_000}}
+    gpu = Recipe()  # another parameter order (TE modules) and dtype: refused, both named, for the per-rank form
+    with pytest.raises(CheckpointError, match=r"precision.bf16 False -> True, train.device cpu -> cuda.*"
+                                              r"pretrained_load_optim=false.*fully reshardable"):
+        check_optimizer_state(common, gpu, "ck", per_rank=True, handoff=True)
+    check_optimizer_state(common, gpu, "ck", per_rank=False, handoff=True)  # model-space tensors: loads
+    same = Recipe()
+    same.train.device, same.precision.bf16 = "cpu", False
+    same.parallel.context_parallel_size = 2  # DP and CP are free
+    check_optimizer_state(common, same, "ck", per_rank=True, handoff=False)
+    with pytest.raises(CheckpointError, match=r"gradient bucket size \(megatron_ext/training/optim.py\) 80000000 -> "):
+        check_optimizer_state({**common, "layout": {"ddp_bucket_size": 80_000_000}}, same, "ck", per_rank=True,
+                              handoff=False)
 
 
 def test_handoff_checks_only_shapes():

@@ -73,7 +73,7 @@ def test_resume_and_handoff_at_cp1_from_a_cp2_run(results, env):
     rc, out, fresh = train(handoff, results / "handoff_cp1_weights_only.jsonl", env)
     assert rc == 0 and "weights only" in out, out[-4000:]
     assert abs(moments[0]["loss"] - fresh[0]["loss"]) < LOSS_RTOL * fresh[0]["loss"]   # the same weights
-    assert moments[1]["loss"] != fresh[1]["loss"]                                        # the moments carried over
+    assert abs(moments[1]["loss"] - fresh[1]["loss"]) > 1e-4 * fresh[1]["loss"]         # the moments carried over
 
 
 def test_ring_attention_trains_like_a2a(results, env):
