@@ -3,10 +3,10 @@
 Compute: hardware FLOPs (model FLOPs from ``FlopsModel`` plus what recompute runs again, plus
 the output GEMM the chunked loss recomputes) over the dense bf16 peak, times an inverse
 efficiency per kind (the layers' GEMMs bf16 or FP8, the output layer's bf16, attention).
-Attention is counted on the slowest data-parallel rank's documents (``workload.rank_work``). Communication: bytes each GPU moves
-(tensor-parallel all-gathers/reduce-scatters, context-parallel exchanges, data-parallel
-gradient reduce-scatter and parameter all-gather, host transfers of offloading) times
-seconds per GB actually exposed. Plus the optimizer step and a fixed cost per micro-batch.
+Attention is counted on the slowest data-parallel rank's documents (``workload.rank_work``).
+Communication: bytes each GPU moves (tensor-parallel all-gathers/reduce-scatters,
+context-parallel exchanges, data-parallel gradient reduce-scatter and parameter all-gather, host
+transfers of offloading) times seconds per GB actually exposed. Plus the optimizer step and a fixed cost per micro-batch.
 """
 
 from __future__ import annotations
